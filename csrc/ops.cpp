@@ -1,0 +1,30 @@
+// Operator schemas of the snntorch_sparse library. The math of every op is the
+// function of the same name in snntorch_sparse/reference.py; CPU kernels live in
+// cpu/, CUDA kernels in cuda/, autograd and fake tensors in snntorch_sparse/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// An empty Python module so that `import snntorch_sparse._C` loads the schemas and
+// kernels below (registration happens as a side effect of loading the library).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+
+TORCH_LIBRARY(snntorch_sparse, m) {
+  // S = gamma*H(u) and the compact band {|u| < b_th} (bits + in-band u values).
+  // shape/p are read only by the registered backward. b_th = inf: dense mode.
+  m.def("spike(Tensor u, int shape, float p, float b_th, float gamma) -> (Tensor, Tensor, Tensor)");
+  // gamma*g(u)*grad inside the band; dense [like grad] or compact [nnz].
+  m.def("band_grad(Tensor grad, Tensor bits, Tensor vals, int shape, float p, float gamma, bool compact) -> Tensor");
+  // Membrane sequence [T, M] of a LIF layer from its input current [T, M].
+  m.def("lif_fwd(Tensor cur, Tensor mem0, Tensor beta, Tensor theta, int reset) -> Tensor");
+  // Reverse scan Delta[t] = eps[t] + a[t+1]*Delta[t+1]; returns (Delta, dmem0).
+  m.def("lif_bwd(Tensor eps, Tensor beta, Tensor rbits, int reset) -> (Tensor, Tensor)");
+  // Weight gradient (transposed) from the input nonzeros, CSC by input neuron.
+  m.def("dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int n_in) -> Tensor");
+  // Weight gradient (transposed) from the active output set and input traces.
+  m.def("dw_trace(Tensor rowptr, Tensor cols, Tensor eps_vals, Tensor colptr, Tensor rows, Tensor xvals, float beta, int T, int B, int n_out) -> Tensor");
+  // Input gradient only where the upstream layer's band bit is set.
+  m.def("dx_masked(Tensor delta, Tensor weight_t, Tensor bits) -> Tensor");
+}

@@ -1,0 +1,276 @@
+"""Executable specification of every compiled op, in plain PyTorch.
+
+Every kernel in ``csrc/`` computes exactly one function below (the ``*_ref`` with the
+same name as the op), and the tests compare them on fresh random inputs. When the
+compiled library cannot be built these functions *are* the backend (see ``_ops.py``).
+
+Notation (DESIGN.md §2): ``u = U − θ`` is the shifted membrane, ``B_th`` the band
+half-width, ``γ`` the graded-spikes factor, ``g`` the surrogate shape. Sequences are
+time-major and flattened to ``[T, M]`` (``M`` = batch × neurons); the rows of a weight
+gradient are indexed by ``r = t·B + b`` (time-major).
+
+Compact storage of the band (used by the per-step spike op *and* the fused layers):
+
+* ``bits``: int32 words, element ``k`` of the flattened tensor is bit ``k % 32`` of word
+  ``k // 32``; set iff ``|u_k| < B_th`` (NaN is never in the band).
+* ``vals``: ``u_k`` for the set bits, in increasing ``k``.
+* Dense mode (``B_th = inf``): ``bits`` is empty and ``vals`` holds every ``u_k``.
+"""
+
+import math
+
+import torch
+
+# Surrogate shapes; the integer is the ``shape`` argument of the ops.
+SHAPES = ("fast_sigmoid", "atan", "sigmoid", "triangular", "straight_through")
+FAST_SIGMOID, ATAN, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
+# Reset mechanisms, numbered as snnTorch's ``reset_mechanism_val``.
+RESETS = ("subtract", "zero", "none")
+SUBTRACT, ZERO, NONE = range(3)
+
+
+# --------------------------------------------------------------------------- bits
+def pack_bits(mask):
+    """Pack a boolean tensor (any shape, flattened) into int32 words, LSB first."""
+    flat = mask.reshape(-1)
+    n = flat.numel()
+    words = (n + 31) // 32
+    padded = torch.zeros(words * 32, dtype=torch.int64, device=flat.device)
+    padded[:n] = flat.to(torch.int64)
+    weights = torch.ones(32, dtype=torch.int64, device=flat.device) << torch.arange(
+        32, device=flat.device
+    )
+    packed = (padded.view(words, 32) * weights).sum(1)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)  # two's complement
+    return packed.to(torch.int32)
+
+
+def unpack_bits(bits, n):
+    """Inverse of :func:`pack_bits`: a flat boolean tensor of length ``n``."""
+    shifts = torch.arange(32, device=bits.device, dtype=torch.int64)
+    unpacked = (bits.to(torch.int64).unsqueeze(1) >> shifts) & 1
+    return unpacked.reshape(-1)[:n].bool()
+
+
+# ---------------------------------------------------------------------- surrogates
+def surrogate_grad(grad, u, shape, p):
+    """``grad · g(u)`` with snnTorch's own expression order (bit-exact in float64).
+
+    ``p`` is the shape parameter: slope (fast_sigmoid, sigmoid), alpha (atan),
+    threshold (triangular); unused for straight_through.
+    """
+    if shape == FAST_SIGMOID:  # grad / (k|u| + 1)²
+        d = p * u.abs() + 1.0
+        return grad / (d * d)
+    if shape == ATAN:  # (α/2) / (1 + (π/2·α·u)²) · grad; python's c/x is x⁻¹·c
+        x = (math.pi / 2 * p) * u
+        return (1.0 / (x * x + 1)) * (p / 2) * grad
+    if shape == SIGMOID:  # grad · k · e^{−ku} / (e^{−ku} + 1)²
+        e = torch.exp(-p * u)
+        d = e + 1
+        return grad * p * e / (d * d)
+    if shape == TRIANGULAR:  # snnTorch's Triangular: +θ·grad for u < 0, −θ·grad for u ≥ 0
+        g = grad * p
+        return torch.where(u >= 0, -g, g)
+    if shape == STRAIGHT_THROUGH:
+        return grad.clone()
+    raise ValueError(f"unknown surrogate shape {shape}")
+
+
+# ------------------------------------------------------------------------ op refs
+def spike(u, shape, p, b_th, gamma):
+    """Op ``spike``: ``S = γ·H(u)`` (u > 0 strictly) plus the compact band of ``u``.
+
+    Returns ``(spk, bits, vals)``; ``spk`` has ``u``'s shape and dtype.
+    ``shape`` and ``p`` are unused in the forward; they are arguments so that the
+    registered autograd formula (``_ops.py``) can read them.
+    """
+    spk = (u > 0).to(u.dtype) * gamma
+    flat = u.reshape(-1)
+    if math.isinf(b_th):
+        return spk, torch.empty(0, dtype=torch.int32, device=u.device), flat.clone()
+    inband = flat.abs() < b_th
+    return spk, pack_bits(inband), flat[inband].clone()
+
+
+def band_grad(grad, bits, vals, shape, p, gamma, compact):
+    """Op ``band_grad``: ``γ·g(u)·grad`` inside the band, 0 outside.
+
+    ``compact=False``: returns a tensor shaped like ``grad``. ``compact=True``:
+    returns only the in-band entries, in the order of ``vals``.
+    """
+    flat = grad.reshape(-1)
+    if bits.numel() == 0:  # dense mode: vals holds every u
+        out = surrogate_grad(flat, vals, shape, p) * gamma
+        return out if compact else out.view(grad.shape)
+    inband = unpack_bits(bits, flat.numel())
+    sel = surrogate_grad(flat[inband], vals, shape, p) * gamma
+    if compact:
+        return sel
+    out = torch.zeros_like(flat)
+    out[inband] = sel
+    return out.view(grad.shape)
+
+
+def lif_fwd(cur, mem0, beta, theta, reset):
+    """Op ``lif_fwd``: the membrane sequence ``U[1..T]`` ``[T, M]`` from ``U[0] = mem0``.
+
+    ``beta``/``theta`` are ``[M]`` (already clamped/expanded). Reset flag
+    ``r[t] = H(U[t-1] − θ)``; expression order is snnTorch's ``Leaky``:
+    subtract ``(β·U + I) − r·θ``; zero ``β·((1 − r)·U) + I``; none ``β·U + I``.
+    """
+    mem = mem0
+    out = []
+    for t in range(cur.shape[0]):
+        r = (mem - theta > 0).to(cur.dtype)
+        if reset == SUBTRACT:
+            mem = beta * mem + cur[t] - r * theta
+        elif reset == ZERO:
+            mem = beta * ((1 - r) * mem) + cur[t]
+        else:
+            mem = beta * mem + cur[t]
+        out.append(mem)
+    return torch.stack(out)
+
+
+def lif_bwd(eps, beta, rbits, reset):
+    """Op ``lif_bwd``: the Δ scan of DESIGN.md §2. Returns ``(delta [T, M], dmem0 [M])``.
+
+    ``eps[t] = e[t]·γ·g(u[t])·band + m[t]`` (the direct gradient into ``U[t]``);
+    ``Δ[t] = eps[t] + a[t+1]·Δ[t+1]``; ``dmem0 = a[0]·Δ[0]`` (0-based t), with
+    ``a[t] = β`` (subtract/none) or ``β·(1 − r[t])`` (zero). ``rbits`` packs
+    ``r[t] = H(U[t-1] − θ)`` over ``[T, M]`` (empty unless ``reset == ZERO``).
+    """
+    T, M = eps.shape
+    if reset == ZERO:
+        r = unpack_bits(rbits, T * M).view(T, M).to(eps.dtype)
+        a = beta * (1 - r)
+    else:
+        a = beta.expand(T, M)
+    delta = torch.empty_like(eps)
+    acc = torch.zeros_like(eps[0])
+    for t in range(T - 1, -1, -1):
+        acc = eps[t] + (a[t + 1] * acc if t + 1 < T else 0)
+        delta[t] = acc
+    return delta, a[0] * delta[0]
+
+
+def dw_spikes(delta, colptr, rows, xvals, n_in):
+    """Op ``dw_spikes``: ``dWᵀ[i, :] = Σ_k x_k·Δ[rows_k, :]`` over input nonzeros.
+
+    The input nonzeros are stored by column (CSC over ``[R, n_in]``): column ``i``
+    owns ``k ∈ [colptr[i], colptr[i+1])``; ``xvals`` empty means every value is 1.
+    Returns ``[n_in, n_out]`` (the transpose of the weight gradient).
+    """
+    out = delta.new_zeros(n_in, delta.shape[1])
+    col = torch.repeat_interleave(
+        torch.arange(n_in, device=delta.device), colptr[1:] - colptr[:-1]
+    )
+    contrib = delta[rows.long()]
+    if xvals.numel():
+        contrib = contrib * xvals[:, None]
+    return out.index_add_(0, col, contrib)
+
+
+def dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
+    """Op ``dw_trace``: paper eq. 9–10, ``dWᵀ[i, j] = Σ_active ε[r, j]·trace[r, i]``.
+
+    Active set as CSR over rows ``r = t·B + b`` (``rowptr [T·B+1]``, ``cols``,
+    ``eps_vals``); the input as CSC (as in :func:`dw_spikes`). The trace is the
+    scalar-β filtered input ``trace[t] = β·trace[t−1] + X[t]``; it is never stored.
+    Valid for scalar β with reset subtract/none and no direct membrane gradient.
+    """
+    n_in = colptr.numel() - 1
+    x = torch.zeros(T * B, n_in, dtype=eps_vals.dtype, device=eps_vals.device)
+    col = torch.repeat_interleave(
+        torch.arange(n_in, device=x.device), colptr[1:] - colptr[:-1]
+    )
+    x[rows.long(), col] = xvals if xvals.numel() else 1
+    x = x.view(T, B, n_in)
+    trace = torch.empty_like(x)
+    acc = torch.zeros_like(x[0])
+    for t in range(T):
+        acc = beta * acc + x[t]
+        trace[t] = acc
+    trace = trace.view(T * B, n_in)
+    row = torch.repeat_interleave(
+        torch.arange(T * B, device=x.device), rowptr[1:] - rowptr[:-1]
+    )
+    eps = torch.zeros(T * B, n_out, dtype=eps_vals.dtype, device=x.device)
+    eps[row, cols.long()] = eps_vals
+    return trace.t() @ eps
+
+
+def dx_masked(delta, weight_t, bits):
+    """Op ``dx_masked``: ``dX[r, i] = Σ_j Δ[r, j]·Wᵀ[i, j]`` where bit ``r·n_in + i``
+    of ``bits`` is set (the upstream spiking layer is in its band), else 0 (eq. 12)."""
+    full = delta @ weight_t.t()
+    keep = unpack_bits(bits, full.numel()).view(full.shape)
+    return torch.where(keep, full, torch.zeros_like(full))
+
+
+# ------------------------------------------------------------- whole-layer refs
+class _SpikeRef(torch.autograd.Function):
+    """Plain-autograd spike with the band-limited surrogate (paper eq. 7–8, 20)."""
+
+    @staticmethod
+    def forward(ctx, u, shape, p, b_th, gamma):
+        ctx.save_for_backward(u)
+        ctx.args = (shape, p, b_th, gamma)
+        return (u > 0).to(u.dtype) * gamma
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        shape, p, b_th, gamma = ctx.args
+        g = surrogate_grad(grad, u, shape, p) * gamma
+        if not math.isinf(b_th):
+            g = torch.where(u.abs() < b_th, g, torch.zeros_like(g))
+        return g, None, None, None, None
+
+
+def spike_fn(u, shape=ATAN, p=2.0, b_th=0.2, gamma=1.0):
+    """Reference spike with autograd: ``γ·H(u)`` forward, ``γ·g(u)·[|u| < B_th]`` backward."""
+    return _SpikeRef.apply(u, shape, p, math.inf if b_th is None else b_th, gamma)
+
+
+def lif_sequence(cur, mem0, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
+                 b_th=0.2):
+    """A Leaky layer over a whole sequence, by plain autograd (the gradient oracle).
+
+    ``cur [T, ...]``; ``beta``/``theta`` broadcast against one step (may require grad;
+    β is clamped to [0, 1] here as snnTorch does). Returns ``(spk [T, ...], mem [T, ...])``.
+    """
+    beta = beta.clamp(0, 1)
+    mem = mem0
+    spks, mems = [], []
+    for t in range(cur.shape[0]):
+        r = (mem - theta > 0).to(cur.dtype).detach()
+        if reset == SUBTRACT:
+            mem = beta * mem + cur[t] - r * theta
+        elif reset == ZERO:
+            mem = beta * ((1 - r) * mem) + cur[t]
+        else:
+            mem = beta * mem + cur[t]
+        spks.append(spike_fn(mem - theta, shape, p, b_th, gamma))
+        mems.append(mem)
+    return torch.stack(spks), torch.stack(mems)
+
+
+def spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN,
+                   p=2.0, b_th=0.2, readout=False, mem0=None):
+    """``SpikingLinear`` by plain autograd: ``I[t] = X[t]·Wᵀ + b`` then :func:`lif_sequence`.
+
+    ``readout=True`` is the paper's readout (infinite threshold): returns the membrane.
+    """
+    cur = x @ weight.t()
+    if bias is not None:
+        cur = cur + bias
+    if mem0 is None:
+        mem0 = torch.zeros_like(cur[0])
+    if readout:  # never fires, so never resets
+        _, mem = lif_sequence(cur, mem0, beta, torch.full_like(cur[0], math.inf), gamma,
+                              NONE, shape, p, b_th)
+        return mem
+    spk, _ = lif_sequence(cur, mem0, beta, theta, gamma, reset, shape, p, b_th)
+    return spk
