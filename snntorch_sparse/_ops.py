@@ -113,33 +113,36 @@ OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "dw_spikes", "dw_trace", "dx_
 
 
 def _fill_missing_devices(how, reason):
-    cuda_built = how is not None and _has_kernel("spike", "CUDA")
-    if how is None:
-        BACKENDS["cpu"] = f"reference (plain PyTorch) — {reason}"
-    else:
-        BACKENDS["cpu"] = how
-    if cuda_built:
-        BACKENDS["cuda"] = how + ("" if torch.cuda.is_available() else " — no GPU visible now")
-    elif torch.version.cuda is None:
+    def describe(key):
+        if how is None:
+            return f"reference (plain PyTorch) — {reason}"
+        missing = [op for op in OPS if not _has_kernel(op, key)]
+        if not missing:
+            return how
+        if len(missing) == len(OPS):
+            return None
+        return f"{how}, but the reference serves {', '.join(missing)} (no kernel built)"
+
+    BACKENDS["cpu"] = describe("CPU") or f"reference (plain PyTorch) — {how} build has no CPU kernels"
+    cuda = describe("CUDA")
+    if torch.version.cuda is None:
         BACKENDS["cuda"] = "not available — torch built without CUDA"
-    elif how is None:
-        BACKENDS["cuda"] = f"reference (plain PyTorch) — {reason}"
-    else:
+    elif cuda is None:
         BACKENDS["cuda"] = ("reference (plain PyTorch) — the build has no CUDA kernels "
-                            "(no nvcc/CUDA_HOME when it was compiled)")
+                            "(no nvcc/CUDA_HOME or no GPU when it was compiled)")
+    else:
+        BACKENDS["cuda"] = cuda + ("" if torch.cuda.is_available() else " — no GPU visible now")
     lib = torch.library.Library(NAMESPACE, "IMPL")
     for op in OPS:
         for key in ("CPU", "CUDA"):
             if not _has_kernel(op, key):
                 lib.impl(op, getattr(reference, op), key)
     _LIBS.append(lib)
-    if torch.cuda.is_available() and BACKENDS["cuda"].startswith("reference"):
-        warnings.warn(f"snntorch_sparse: CUDA tensors run the slow reference: {BACKENDS['cuda']}",
-                      RuntimeWarning, stacklevel=3)
-    elif how is None:
-        warnings.warn(f"snntorch_sparse: compiled kernels unavailable ({reason}); using the "
-                      "slow plain-PyTorch reference. `python -m snntorch_sparse info` explains.",
-                      RuntimeWarning, stacklevel=3)
+    slow = [f"{dev.upper()}: {BACKENDS[dev]}" for dev in ("cpu", "cuda")
+            if "reference" in BACKENDS[dev] and (dev == "cpu" or torch.cuda.is_available())]
+    if slow and os.environ.get("SNNTORCH_SPARSE_BACKEND", "") != "reference":
+        warnings.warn("snntorch_sparse: the slow plain-PyTorch reference serves " + "; ".join(slow)
+                      + ". `python -m snntorch_sparse info` explains.", RuntimeWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------ fake tensors

@@ -1,0 +1,494 @@
+"""Fused whole-sequence LIF layers: one autograd node for all ``T`` steps.
+
+Two ``torch.autograd.Function``s share the neuron part (DESIGN.md §2):
+
+* :func:`lif_sequence` — a Leaky layer over ``[T, B, ...]`` currents (used by
+  ``Leaky.forward_sequence``);
+* :func:`spiking_linear` — ``I[t] = X[t]·Wᵀ + b`` (one GEMM for all ``T·B`` rows) followed
+  by the same neuron (the engine of ``SpikingLinear``).
+
+Forward: ``U = lif_fwd(I, U[0], β, θ)`` over ``[T, M]`` (``M`` = one step's elements),
+then ``(S, bits, vals) = spike(U − θ)``: the spikes and the compact band
+``{|U − θ| < B_th}`` (bits + in-band values, see ``reference``).
+
+Backward: ``ε = γ·g(u)·[|u| < B_th]·e + m`` (``e = ∂L/∂S``, ``m = ∂L/∂U`` when the membrane
+is an output), the reverse scan ``Δ[t] = ε[t] + a[t+1]·Δ[t+1]`` (``lif_bwd``), then
+``∂L/∂I = Δ``, ``∂L/∂U[0] = a[1]·Δ[1]`` and, when they require grad,
+
+    ∂L/∂β = Σ_t Δ[t]·U[t−1]  (·(1 − r[t]) for reset "zero")
+    ∂L/∂θ = −Σ_t γ·g(u[t])·[band]·e[t]  − Σ_t r[t]·Δ[t]  (the last term for "subtract")
+
+with ``r[t] = H(U[t−1] − θ)`` the detached reset flag (kept as packed bits, only for
+reset "zero" or a learnable θ with "subtract").
+
+Storage rule: the spikes' band (bits + in-band values) is all a layer keeps of its own
+activity. The dense membrane is kept only when β requires grad (its gradient needs
+``U[t−1]``); the reset flags only as bits.
+
+Host synchronisations, all in the forward: ``spike`` sizes its band values; a
+``spiking_linear`` that keeps its input compact counts the input's nonzeros (and checks
+whether they are all 1), and reads a scalar fixed β as a number for the trace form. The
+backward has none: every size it needs (the band's value count) is already on the host.
+
+The spike outputs carry the attribute ``_snn_sparse_band = (bits, shape)`` when the band
+is finite: a ``spiking_linear`` that consumes such a tensor computes its input gradient
+only inside that band (paper eq. 12), since the upstream multiplies it by its surrogate,
+which is 0 outside.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._ops import ops
+from .reference import ATAN, NONE, SUBTRACT, ZERO
+
+#: An input whose share of non-zeros is at most this is kept for backward in compact
+#: (CSC) form; a denser one is kept as is (there is no sparsity to exploit).
+COMPACT_INPUT_MAX_DENSITY = 0.25
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """The non-tensor options of a fused LIF layer.
+
+    ``b_th`` is ``math.inf`` for the dense surrogate; ``gamma`` the graded-spikes factor.
+    """
+
+    gamma: float = 1.0
+    reset: int = SUBTRACT
+    shape: int = ATAN
+    p: float = 2.0
+    b_th: float = 0.2
+
+    @property
+    def banded(self):
+        return math.isfinite(self.b_th)
+
+
+# ---------------------------------------------------------------------------- bits
+# Byte-wise bit packing with the layout of ``reference.pack_bits`` (element ``k`` is bit
+# ``k % 32`` of int32 word ``k // 32``): on a little-endian machine (x86, ARM, CUDA) that
+# is bit ``k % 8`` of byte ``k // 8``, so one byte per element of scratch suffices.
+_SHIFTS = {}
+
+
+def _shifts(device):
+    if device not in _SHIFTS:
+        _SHIFTS[device] = torch.arange(8, dtype=torch.uint8, device=device)
+    return _SHIFTS[device]
+
+
+def pack_bits(mask):
+    """Pack a boolean tensor (flattened) into int32 words; equals ``reference.pack_bits``."""
+    flat = mask.reshape(-1)
+    n = flat.numel()
+    words = (n + 31) // 32
+    padded = torch.zeros(words * 32, dtype=torch.uint8, device=flat.device)
+    padded[:n] = flat
+    packed = (padded.view(-1, 8) << _shifts(flat.device)).sum(1, dtype=torch.uint8)
+    return packed.view(torch.int32)
+
+
+def unpack_bits(bits, n):
+    """Inverse of :func:`pack_bits`: a flat boolean tensor of length ``n``."""
+    raw = bits.view(torch.uint8).unsqueeze(1) >> _shifts(bits.device)
+    return (raw & 1).view(-1)[:n].bool()
+
+
+def _empty_bits(device):
+    return torch.empty(0, dtype=torch.int32, device=device)
+
+
+# ----------------------------------------------------------------- shared neuron part
+def _per_element(v, step_shape, dtype, name):
+    """``v`` (scalar or broadcastable to one step) as a contiguous ``[M]`` vector."""
+    try:
+        return v.detach().to(dtype).expand(step_shape).reshape(-1)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(v.shape)} does not broadcast to one step "
+                         f"of shape {tuple(step_shape)}") from None
+
+
+def _previous(mem0f, mem):
+    """``U[t−1]`` for t = 1..T as ``[T, M]`` (a temporary)."""
+    return torch.cat((mem0f.unsqueeze(0), mem[:-1]))
+
+
+def _neuron_forward(cur, mem0f, betaf, thetaf, nrn, fire):
+    """Membrane ``[T, M]``, spikes, band bits and values (the last three None if not ``fire``)."""
+    mem = ops.lif_fwd(cur, mem0f, betaf, thetaf, nrn.reset)
+    if not fire:
+        return mem, None, None, None
+    spk, bits, vals = ops.spike(mem - thetaf, nrn.shape, nrn.p, nrn.b_th, nrn.gamma)
+    return mem, spk, bits, vals
+
+
+def _needs_rbits(nrn, theta_grad):
+    return nrn.reset == ZERO or (nrn.reset == SUBTRACT and theta_grad)
+
+
+def _reset_bits(mem0f, mem, thetaf):
+    """Packed ``r[t] = H(U[t−1] − θ)`` over ``[T, M]``, the expression of ``lif_fwd``."""
+    return pack_bits(_previous(mem0f, mem) - thetaf > 0)
+
+
+def _neuron_backward(grad_spk, grad_mem, bits, vals, betaf, rbits, nrn):
+    """``(Δ [T, M], ∂L/∂U[0] [M], band part of ε or None)`` from the output gradients."""
+    band = None
+    if grad_spk is not None:
+        band = ops.band_grad(grad_spk, bits, vals, nrn.shape, nrn.p, nrn.gamma, False)
+    if grad_mem is None:
+        eps = band
+    else:
+        eps = grad_mem if band is None else band + grad_mem
+    delta, dmem0 = ops.lif_bwd(eps.contiguous(), betaf, rbits, nrn.reset)
+    return delta, dmem0, band
+
+
+def _beta_grad(delta, mem, mem0f, rbits, nrn):
+    """``Σ_t Δ[t]·U[t−1]`` (``·(1 − r[t])`` for reset "zero"), per element ``[M]``."""
+    term = delta * _previous(mem0f, mem)
+    if nrn.reset == ZERO:
+        keep = ~unpack_bits(rbits, term.numel()).view(term.shape)
+        term = term * keep
+    return term.sum(0)
+
+
+def _theta_grad(delta, band, rbits, nrn):
+    """``−Σ_t ε_band[t] − Σ_t r[t]·Δ[t]`` (the last for "subtract"), per element ``[M]``."""
+    g = torch.zeros_like(delta[0])
+    if band is not None:
+        g = g - band.sum(0)
+    if nrn.reset == SUBTRACT:
+        r = unpack_bits(rbits, delta.numel()).view(delta.shape)
+        g = g - (delta * r).sum(0)
+    return g
+
+
+def _meta(t):
+    """Shape and dtype of an input, all its gradient needs (None for an absent input)."""
+    return None if t is None else (t.shape, t.dtype)
+
+
+def _reduce(grad_flat, step_shape, meta):
+    """An ``[M]`` gradient summed back to an input's ``(shape, dtype)``."""
+    shape, dtype = meta
+    return grad_flat.view(step_shape).sum_to_size(shape).to(dtype)
+
+
+def _needs(ctx, track):
+    """``ctx.needs_input_grad``, all False when the call records no graph (``no_grad``):
+    a forward for inference keeps nothing and skips the compaction work."""
+    return ctx.needs_input_grad if track else (False,) * len(ctx.needs_input_grad)
+
+
+def _mark_band(spk, bits, nrn):
+    if nrn.banded:
+        spk._snn_sparse_band = (bits, spk.shape)
+    return spk
+
+
+# ---------------------------------------------------------------------- lif_sequence
+class _LIFSequence(torch.autograd.Function):
+    """A Leaky layer over a whole sequence (see :func:`lif_sequence`)."""
+
+    @staticmethod
+    def forward(ctx, cur, mem0, beta, theta, nrn, track):
+        T = cur.shape[0]
+        step = cur.shape[1:]
+        dt = cur.dtype
+        cur2d = cur.reshape(T, -1)
+        betaf = _per_element(beta, step, dt, "beta")
+        thetaf = _per_element(theta, step, dt, "threshold")
+        mem0f = (torch.zeros_like(cur2d[0]) if mem0 is None
+                 else _per_element(mem0, step, dt, "mem"))
+        mem, spk, bits, vals = _neuron_forward(cur2d, mem0f, betaf, thetaf, nrn, True)
+
+        _, _, beta_grad, theta_grad, _, _ = _needs(ctx, track)
+        rbits = (_reset_bits(mem0f, mem, thetaf) if _needs_rbits(nrn, theta_grad)
+                 else _empty_bits(cur.device))
+        ctx.save_for_backward(bits, vals, beta, rbits,
+                              mem if beta_grad else None, mem0f if beta_grad else None)
+        ctx.nrn = nrn
+        ctx.step = step
+        ctx.meta = (_meta(beta), _meta(theta), _meta(mem0))
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(bits)
+        return spk.view(cur.shape), mem.view(cur.shape), bits
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+        bits, vals, beta, rbits, mem, mem0f = ctx.saved_tensors
+        nrn, step = ctx.nrn, ctx.step
+        if grad_spk is None and grad_mem is None:
+            return (None,) * 6
+        like = grad_spk if grad_spk is not None else grad_mem
+        T = like.shape[0]
+        flat = lambda g: None if g is None else g.reshape(T, -1)  # noqa: E731
+        betaf = _per_element(beta, step, like.dtype, "beta")
+        delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
+                                              betaf, rbits, nrn)
+        need_cur, need_mem0, need_beta, need_theta, _, _ = ctx.needs_input_grad
+        beta_meta, theta_meta, mem0_meta = ctx.meta
+        d_cur = delta.view(like.shape) if need_cur else None
+        d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
+        d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
+                  if need_beta else None)
+        d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
+                   if need_theta else None)
+        return d_cur, d_mem0, d_beta, d_theta, None, None
+
+
+def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
+                 b_th=0.2):
+    r"""A Leaky layer over a whole sequence in one fused forward and one fused backward.
+
+    .. math::
+
+        U[t] = βU[t-1] + I[t] - r[t]θ \;(\text{subtract}),\quad
+        βU[t-1](1 - r[t]) + I[t] \;(\text{zero}),\quad βU[t-1] + I[t] \;(\text{none})
+
+        S[t] = γ\,H(U[t] - θ), \qquad
+        \frac{\partial S}{\partial U} = γ\,g(U - θ)\,[|U - θ| < B_{th}]
+
+    Args:
+        cur: input currents ``[T, B, ...]`` (any trailing shape), floating point.
+        mem0: initial membrane, one step's shape (or broadcastable), or None for zeros.
+        beta: decay, a tensor broadcastable to one step, **already clamped** to [0, 1]
+            by the caller (it is not clamped again). May require grad: then the dense
+            membrane is kept for backward (``∂U[t]/∂β = U[t-1]``).
+        theta: threshold, a tensor broadcastable to one step; may require grad.
+        gamma: graded-spikes factor (a float; a learnable γ multiplies outside).
+        reset: ``reference.SUBTRACT`` / ``ZERO`` / ``NONE``.
+        shape, p: surrogate shape id and parameter (see ``reference.surrogate_grad``).
+        b_th: band half-width; None means the dense surrogate.
+
+    Returns:
+        ``(spk, mem)``, both ``[T, ...]`` in ``cur``'s dtype; ``spk = γ·H(U − θ)``.
+        Gradients flow to ``cur``, ``mem0``, ``beta`` and ``theta``; they equal
+        ``reference.lif_sequence`` and, with ``b_th=None``, ``T`` per-step calls of
+        ``snntorch.Leaky``.
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse._fused import lif_sequence
+        >>> cur = torch.rand(100, 4, 10, requires_grad=True)
+        >>> spk, mem = lif_sequence(cur, None, torch.tensor(0.9), torch.tensor(1.0))
+        >>> spk.sum().backward()     # cur.grad is non-zero only through the band
+    """
+    if not isinstance(cur, torch.Tensor) or not cur.is_floating_point() or cur.dim() < 2:
+        raise ValueError("cur must be a floating-point tensor [T, B, ...] (time first), got "
+                         + (f"{cur.dtype} of shape {tuple(cur.shape)}"
+                            if isinstance(cur, torch.Tensor) else type(cur).__name__))
+    if cur.shape[0] == 0:
+        raise ValueError("cur must hold at least one time step, got T = 0")
+    beta = torch.as_tensor(beta, device=cur.device)
+    theta = torch.as_tensor(theta, device=cur.device)
+    nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
+                 math.inf if b_th is None else float(b_th))
+    spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled())
+    return _mark_band(spk, bits, nrn), mem
+
+
+# --------------------------------------------------------------------- spiking_linear
+@dataclass
+class LinearConfig:
+    """Options of :func:`spiking_linear` beyond the neuron's.
+
+    ``sparse``: the sparse backward (compact input, band-limited input gradient, sparse
+    weight-gradient forms); False is the dense baseline. ``readout``: infinite threshold,
+    no reset, the membrane is the output. ``dw_form``: force a weight-gradient form
+    (testing): "spikes" or "trace" (used when the input was
+    kept compact); None chooses per call. ``report``: a dict the backward fills with the form
+    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``).
+    """
+
+    neuron: Neuron
+    sparse: bool = True
+    readout: bool = False
+    dw_form: Optional[str] = None
+    report: Optional[dict] = None
+
+
+def compact_input(x2d):
+    """The nonzeros of ``x2d [R, n_in]`` by column, or None when they are too many.
+
+    Returns ``(colptr int64 [n_in+1], rows int32 [nnz], xvals)``: column ``i`` owns
+    ``rows[colptr[i]:colptr[i+1]]`` (ascending); ``xvals`` holds the values, or is empty
+    when every nonzero equals 1 (spikes). None when ``nnz > COMPACT_INPUT_MAX_DENSITY·numel``.
+    """
+    nz = x2d != 0
+    # Host sync: nnz decides the storage and sizes the index arrays.
+    nnz = int(torch.count_nonzero(nz))
+    if nnz > COMPACT_INPUT_MAX_DENSITY * x2d.numel():
+        return None
+    R, n_in = x2d.shape
+    # Column-major enumeration via the one-byte transposed mask: linear in numel, no sort.
+    k = torch.nonzero_static(nz.t().contiguous().view(-1), size=nnz).view(-1)
+    col = torch.div(k, R, rounding_mode="floor")
+    row = k - col * R
+    colptr = torch.searchsorted(col, torch.arange(n_in + 1, device=x2d.device))
+    xvals = x2d[row, col]
+    # Host sync: spikes (every nonzero is 1) need no values.
+    if not bool((xvals != 1).any()):
+        xvals = x2d.new_empty(0)
+    return colptr, row.to(torch.int32), xvals
+
+
+def _active_csr(bits, nnz, R, n_out):
+    """The band's set bits over ``[R, n_out]`` as CSR ``(rowptr int64, cols int32)``.
+
+    ``nnz`` (the number of in-band values) is known on the host, so this needs no sync.
+    """
+    k = torch.nonzero_static(unpack_bits(bits, R * n_out), size=nnz).view(-1)
+    row = torch.div(k, n_out, rounding_mode="floor")
+    cols = (k - row * n_out).to(torch.int32)
+    rowptr = torch.searchsorted(row, torch.arange(R + 1, device=k.device))
+    return rowptr, cols
+
+
+def _choose_dw(cfg, x_compact, nnz_x, nnz_act, trace_beta, T, B, n_in, n_out, grad_mem):
+    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear)."""
+    if not x_compact:
+        return "dense"
+    trace_ok = (trace_beta is not None and grad_mem is None and not cfg.readout
+                and cfg.neuron.banded)
+    if cfg.dw_form == "trace" and not trace_ok:
+        raise RuntimeError("dw_form='trace' needs a scalar fixed β, reset subtract/none, "
+                           "a finite band and no gradient into the membrane")
+    if cfg.dw_form is not None:
+        return cfg.dw_form
+    cost_spikes = nnz_x * n_out
+    cost_trace = n_in * (T * B + nnz_act)
+    return "trace" if trace_ok and cost_trace < cost_spikes else "spikes"
+
+
+class _SpikingLinear(torch.autograd.Function):
+    """``I = X·Wᵀ + b`` then a LIF layer, over all ``T`` steps (see :func:`spiking_linear`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, beta, theta, mem0, up_bits, cfg, track):
+        nrn = cfg.neuron
+        T, B, n_in = x.shape
+        n_out = weight.shape[0]
+        R = T * B
+        x2d = x.reshape(R, n_in)
+        cur = F.linear(x2d, weight, bias).view(T, B * n_out)
+        dt = cur.dtype
+        step = (B, n_out)
+        betaf = _per_element(beta, step, dt, "beta")
+        thetaf = _per_element(theta, step, dt, "threshold")
+        mem0f = (torch.zeros_like(cur[0]) if mem0 is None
+                 else _per_element(mem0, step, dt, "mem"))
+        mem, spk, bits, vals = _neuron_forward(cur, mem0f, betaf, thetaf, nrn,
+                                               not cfg.readout)
+
+        need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
+        # The input, only if the weight gradient needs it: compact when sparse enough.
+        x_saved = (None, None, None, None)
+        ctx.x_compact = False
+        if need_w:
+            csc = compact_input(x2d) if cfg.sparse else None
+            ctx.x_compact = csc is not None
+            x_saved = (None,) + csc if csc is not None else (x2d, None, None, None)
+        # The trace form needs β as a python float: read it here (a sync, forward only).
+        eligible = (cfg.sparse and not cfg.readout and nrn.banded and beta.numel() == 1
+                    and not beta.requires_grad and nrn.reset in (SUBTRACT, NONE))
+        ctx.trace_beta = float(beta) if eligible and ctx.x_compact else None
+        rbits = (_reset_bits(mem0f, mem, thetaf)
+                 if not cfg.readout and _needs_rbits(nrn, need_theta)
+                 else _empty_bits(x.device))
+        if cfg.readout:
+            spk, bits, vals = cur.new_empty(0), _empty_bits(x.device), cur.new_empty(0)
+        ctx.save_for_backward(
+            *x_saved, weight if need_x else None, bits, vals, beta, rbits,
+            mem if need_beta else None, mem0f if need_beta else None,
+            up_bits if (need_x and cfg.sparse) else None,
+        )
+        ctx.cfg = cfg
+        ctx.dims = (T, B, n_in, n_out)
+        ctx.meta = (_meta(beta), _meta(theta), _meta(mem0))
+        ctx.set_materialize_grads(False)
+        if cfg.readout:
+            ctx.mark_non_differentiable(spk)
+        ctx.mark_non_differentiable(bits)
+        return (spk if cfg.readout else spk.view(T, B, n_out)), mem.view(T, B, n_out), bits
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+        (x2d, colptr, rows, xvals, weight, bits, vals, beta, rbits, mem, mem0f,
+         up_bits) = ctx.saved_tensors
+        cfg = ctx.cfg
+        nrn = cfg.neuron
+        T, B, n_in, n_out = ctx.dims
+        R = T * B
+        if cfg.readout:
+            grad_spk = None
+        if grad_spk is None and grad_mem is None:
+            return (None,) * 9
+        like = grad_spk if grad_spk is not None else grad_mem
+        dt = like.dtype
+        step = (B, n_out)
+        flat = lambda g: None if g is None else g.reshape(T, B * n_out)  # noqa: E731
+        betaf = _per_element(beta, step, dt, "beta")
+        delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
+                                              betaf, rbits, nrn)
+        delta2d = delta.view(R, n_out)
+        need_x, need_w, need_b, need_beta, need_theta, need_mem0, _, _, _ = ctx.needs_input_grad
+
+        d_x = None
+        if need_x:
+            if up_bits is not None:
+                d_x = ops.dx_masked(delta2d, weight.t().contiguous(), up_bits)
+            else:
+                d_x = delta2d @ weight
+            d_x = d_x.view(T, B, n_in)
+        d_w = None
+        if need_w:
+            form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
+                              vals.numel(), ctx.trace_beta, T, B, n_in, n_out, grad_mem)
+            if form == "dense":
+                d_w = delta2d.t() @ x2d
+            elif form == "spikes":
+                d_w = ops.dw_spikes(delta2d, colptr, rows, xvals, n_in).t()
+            else:
+                rowptr, cols = _active_csr(bits, vals.numel(), R, n_out)
+                eps_vals = ops.band_grad(flat(grad_spk), bits, vals, nrn.shape, nrn.p,
+                                         nrn.gamma, True)
+                d_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
+                                   ctx.trace_beta, T, B, n_out).t()
+            if cfg.report is not None:
+                cfg.report["dw"] = form
+        if cfg.report is not None and need_x:
+            cfg.report["dx_masked"] = up_bits is not None
+        beta_meta, theta_meta, mem0_meta = ctx.meta
+        d_b = delta2d.sum(0) if need_b else None
+        d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
+                  if need_beta else None)
+        d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
+                   if need_theta else None)
+        d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
+        return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None
+
+
+def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
+    """Fused ``SpikingLinear`` forward: returns ``(out, mem)`` with ``out`` the spikes
+    ``[T, B, n_out]`` (or the membrane for a readout) and ``mem`` the membrane.
+
+    ``beta`` clamped by the caller; ``theta`` ignored for a readout. The input gradient is
+    masked by the upstream band when ``x`` carries ``_snn_sparse_band`` and ``cfg.sparse``.
+    """
+    up = getattr(x, "_snn_sparse_band", None)
+    up_bits = up[0] if (up is not None and cfg.sparse and tuple(up[1]) == tuple(x.shape)) else None
+    if cfg.readout:
+        theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
+    spk, mem, bits = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
+                                          torch.is_grad_enabled())
+    if cfg.readout:
+        return mem, mem
+    return _mark_band(spk, bits, cfg.neuron), mem

@@ -1,0 +1,74 @@
+"""``sparsify``: switch an existing snnTorch model to sparse surrogate gradients in place."""
+
+import snntorch
+from torch import nn
+
+from . import surrogate
+from .leaky import Leaky
+
+
+def _to_sparse_leaky(lif, b_th):
+    """Turn a plain :class:`snntorch.Leaky` into our :class:`Leaky`, in place.
+
+    Changing the class (rather than building a copy) keeps everything the module owns:
+    the same parameter and buffer objects (so an optimizer built earlier still steps
+    them), device, dtype, training mode, hidden state, hooks, and its entry in
+    ``snntorch.SpikingNeuron.instances``.
+    """
+    lif.__class__ = Leaky
+    lif._b_th = None  # the setter below re-bands spike_grad (unless surrogate_disable)
+    lif.b_th = b_th
+    return lif
+
+
+def sparsify(model, b_th=0.2, all_neurons=False):
+    r"""Give every :class:`snntorch.Leaky` in ``model`` a band-limited surrogate.
+
+    Each plain ``snntorch.Leaky`` (at any depth, also inside ``nn.Sequential``) becomes a
+    :class:`snntorch_sparse.Leaky` *in place*: same object, same options, parameters,
+    buffers, device, dtype, training mode and hidden state; its surrogate keeps its shape
+    and parameter and gets the band ``|U − θ| < b_th`` (see
+    :func:`snntorch_sparse.surrogate.sparse`):
+
+    .. math::
+
+        \frac{\partial S}{\partial U} = g(U - θ)\,[|U - θ| < B_{th}]
+
+    A ``Leaky`` that is already ours is left alone, so calling ``sparsify`` twice is a
+    no-op. Subclasses of ``snntorch.Leaky`` that are not ours keep their class (their
+    ``forward`` may differ) and get the band on their ``spike_grad``. With
+    ``all_neurons=True`` every other snnTorch neuron (``Synaptic``, ``Alpha``,
+    ``RLeaky``, ``RSynaptic``, ``Lapicque``, …) gets the band on its ``spike_grad`` too.
+    Neurons built with ``surrogate_disable=True`` are not touched.
+
+    Args:
+        model (nn.Module): the model (or a single neuron).
+        b_th (float or None): band half-width; ``None`` keeps the dense surrogate.
+        all_neurons (bool): also band the surrogate of non-``Leaky`` snnTorch neurons.
+
+    Returns:
+        ``model`` (modified in place).
+
+    Example::
+
+        >>> import torch.nn as nn
+        >>> import snntorch as snn
+        >>> import snntorch_sparse
+        >>> net = nn.Sequential(nn.Linear(10, 20), snn.Leaky(beta=0.9, init_hidden=True),
+        ...                     nn.Linear(20, 2), snn.Leaky(beta=0.9, init_hidden=True))
+        >>> net = snntorch_sparse.sparsify(net, b_th=0.2)
+        >>> type(net[1]).__module__
+        'snntorch_sparse.leaky'
+    """
+    b_th = surrogate._check_b_th(b_th)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if not isinstance(module, snntorch.SpikingNeuron) or isinstance(module, Leaky):
+            continue
+        if type(module) is snntorch.Leaky:
+            _to_sparse_leaky(module, b_th)
+        elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
+                module, "surrogate_disable", False):
+            module.spike_grad = surrogate.sparse(module.spike_grad, b_th)
+    return model

@@ -1,0 +1,198 @@
+"""Drop-in sparse ``Leaky``: :class:`snntorch.Leaky` with a band-limited surrogate."""
+
+import contextlib
+
+import snntorch
+import torch
+
+from . import _fused, surrogate
+
+
+class Leaky(snntorch.Leaky):
+    r"""First-order leaky integrate-and-fire neuron with sparse surrogate gradients.
+
+    A subclass of :class:`snntorch.Leaky` with the same constructor plus ``b_th``; the
+    forward pass is snnTorch's own, for every option. Only the surrogate differs: it is
+    restricted to the band ``|U − θ| < b_th`` and runs in the compiled kernels
+    (paper eq. 7–8, 20). With ``reset_mechanism="subtract"``:
+
+    .. math::
+
+        U[t] = βU[t-1] + I[t] - R[t]\,θ, \qquad S[t] = γ\,H(U[t] - θ), \qquad
+        \frac{\partial S}{\partial U} = γ\,g(U - θ)\,[|U - θ| < B_{th}]
+
+    Args:
+        beta, threshold, spike_grad, surrogate_disable, init_hidden, inhibition,
+        learn_beta, learn_threshold, reset_mechanism, state_quant, output,
+        graded_spikes_factor, learn_graded_spikes_factor, reset_delay:
+            as :class:`snntorch.Leaky`.
+        b_th (float or None): band half-width ``B_th`` (keyword only); ``None`` is the
+            dense surrogate: :class:`snntorch.Leaky`'s gradient, bit for bit with the
+            default atan (see :mod:`snntorch_sparse.surrogate` for each shape).
+
+    ``spike_grad=None`` is snnTorch's default ``atan(alpha=2)`` restricted to the band. A
+    given ``spike_grad`` goes through :func:`snntorch_sparse.surrogate.sparse` with this
+    layer's ``b_th``: the layer's band wins over one the callable already carries.
+    Setting ``layer.b_th`` later re-bands the surrogate the same way.
+
+    Example::
+
+        >>> import torch
+        >>> import snntorch_sparse as snn
+        >>> lif = snn.Leaky(beta=0.9, b_th=0.2)
+        >>> cur = torch.rand(10, 4, 8)                  # [T, B, N]
+        >>> mem = lif.init_leaky()
+        >>> for t in range(10):
+        ...     spk, mem = lif(cur[t], mem)              # per step, exactly snntorch.Leaky
+        >>> spk_seq, mem_seq = lif.forward_sequence(cur) # the whole sequence at once
+    """
+
+    def __init__(
+        self,
+        beta,
+        threshold=1.0,
+        spike_grad=None,
+        surrogate_disable=False,
+        init_hidden=False,
+        inhibition=False,
+        learn_beta=False,
+        learn_threshold=False,
+        reset_mechanism="subtract",
+        state_quant=False,
+        output=False,
+        graded_spikes_factor=1.0,
+        learn_graded_spikes_factor=False,
+        reset_delay=True,
+        *,
+        b_th=0.2,
+    ):
+        b_th = surrogate._check_b_th(b_th)
+        if surrogate_disable:
+            pass  # snnTorch ignores spike_grad then; so do we
+        elif spike_grad is None:
+            spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
+        else:
+            spike_grad = surrogate.sparse(spike_grad, b_th)
+        super().__init__(
+            beta, threshold, spike_grad, surrogate_disable, init_hidden, inhibition,
+            learn_beta, learn_threshold, reset_mechanism, state_quant, output,
+            graded_spikes_factor, learn_graded_spikes_factor, reset_delay,
+        )
+        self._b_th = b_th
+
+    @property
+    def b_th(self):
+        """Band half-width of the surrogate (``None``: dense). Setting it re-bands
+        ``spike_grad``."""
+        return self._b_th
+
+    @b_th.setter
+    def b_th(self, value):
+        value = surrogate._check_b_th(value)
+        if not self.surrogate_disable:
+            self.spike_grad = surrogate.sparse(self.spike_grad, value)
+        self._b_th = value
+
+    def extra_repr(self):
+        return f"b_th={self.b_th!r}, spike_grad={self.spike_grad!r}"
+
+    # ------------------------------------------------------------------ sequences
+    def forward_sequence(self, cur_seq, mem=None, backward="sparse"):
+        r"""Run the layer over a whole time-major sequence ``cur_seq [T, B, ...]``.
+
+        Equal to ``T`` per-step calls (outputs and gradients), but fused into one op when
+        the options allow it; the others (``inhibition``, ``state_quant``,
+        ``reset_delay=False``, ``surrogate_disable``, a surrogate outside the compiled
+        shapes, a per-neuron β/θ or a membrane wider than the input's dtype) run the
+        exact per-step loop.
+
+        The fused op sums the gradients of β, θ and the graded-spikes factor in its own
+        order (equal up to rounding), and forms the reset term ``r·θ`` in the input's
+        dtype: per step, snnTorch multiplies its float32 reset flag by a 0-dim θ in
+        float32, so the two differ (by float32 rounding) only for float64 inputs with a
+        scalar θ that float32 cannot represent, e.g. 0.7 — there the fused result is
+        the exact one.
+
+        Args:
+            cur_seq (Tensor): input current ``[T, ...]``; one step is what
+                :meth:`forward` takes.
+            mem (Tensor, optional): initial membrane, shaped like one step. ``None``:
+                zeros, or the stored ``self.mem`` when ``init_hidden=True`` and it has one
+                step's shape.
+            backward (str): ``"sparse"`` uses the band ``self.b_th``; ``"dense"`` the
+                full surrogate (``b_th=None``) for this call.
+
+        Returns:
+            ``(spk_seq, mem_seq)``, both ``[T, ...]``. ``self.mem`` is left at
+            ``mem_seq[-1]``, as ``T`` per-step calls would leave it.
+
+        Example::
+
+            >>> import torch
+            >>> import snntorch_sparse as snn
+            >>> lif = snn.Leaky(beta=0.9)
+            >>> spk, mem = lif.forward_sequence(torch.rand(25, 8, 100))
+            >>> spk.shape
+            torch.Size([25, 8, 100])
+        """
+        if backward not in ("sparse", "dense"):
+            raise ValueError(f'backward must be "sparse" or "dense", got {backward!r}')
+        if not isinstance(cur_seq, torch.Tensor) or cur_seq.dim() < 2:
+            raise ValueError("cur_seq must be a tensor [T, ...] with a leading time dimension, "
+                             f"got {getattr(cur_seq, 'shape', type(cur_seq).__name__)}")
+        b_th = self.b_th if backward == "sparse" else None
+        if mem is None:
+            use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]
+            mem = self.mem if use_stored else torch.zeros_like(cur_seq[0])
+        # Per step, a per-neuron β/θ or a membrane of a wider dtype than the input
+        # promotes the membrane; the fused op keeps the input's dtype.
+        widens = any(t.dim() > 0 and torch.promote_types(t.dtype, cur_seq.dtype) != cur_seq.dtype
+                     for t in (self.beta, self.threshold, mem))
+        fusable = (not (self.inhibition or self.state_quant or self.surrogate_disable or widens)
+                   and self.reset_delay and isinstance(self.spike_grad, surrogate.SparseSurrogate))
+        if fusable:
+            spk_seq, mem_seq = self._fused_sequence(cur_seq, mem, b_th)
+        else:
+            spk_seq, mem_seq = self._stepwise_sequence(cur_seq, mem, b_th)
+        self.mem = mem_seq[-1].clone()  # a view would keep all T steps alive
+        return spk_seq, mem_seq
+
+    def _fused_sequence(self, cur_seq, mem, b_th):
+        sg = self.spike_grad
+        spk, mem_seq = _fused.lif_sequence(
+            cur_seq, mem, self.beta.clamp(0, 1), self.threshold, gamma=1.0,
+            reset=int(self.reset_mechanism_val), shape=sg.shape, p=sg.p, b_th=b_th,
+        )
+        # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
+        # γ outside the op lets autograd handle a learnable factor.
+        out = spk.float() * self.graded_spikes_factor
+        band = getattr(spk, "_snn_sparse_band", None)
+        # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
+        # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
+        # it too.
+        if band is not None and not self.graded_spikes_factor.requires_grad:
+            out._snn_sparse_band = band
+        return out, mem_seq
+
+    def _stepwise_sequence(self, cur_seq, mem, b_th):
+        spks, mems = [], []
+        with self._band(b_th):
+            self.mem = mem
+            for cur in cur_seq:
+                out = self.forward(cur)
+                spks.append(out[0] if isinstance(out, tuple) else out)
+                mems.append(self.mem)
+        return torch.stack(spks), torch.stack(mems)
+
+    @contextlib.contextmanager
+    def _band(self, b_th):
+        """Temporarily run the surrogate with band ``b_th`` (no-op when it already is)."""
+        if self.surrogate_disable or b_th == self.b_th:
+            yield
+            return
+        saved = self.spike_grad
+        self.spike_grad = surrogate.sparse(saved, b_th)
+        try:
+            yield
+        finally:
+            self.spike_grad = saved

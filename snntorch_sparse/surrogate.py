@@ -1,0 +1,389 @@
+"""Band-limited surrogate gradients: a superset of :mod:`snntorch.surrogate`.
+
+Every public name of :mod:`snntorch.surrogate` is available here unchanged, except the
+five shapes below, which keep snnTorch's names and parameter names and add ``b_th``:
+
+* forward: ``S = H(u)`` with ``u = U − θ`` (strictly ``u > 0``), returned as float32
+  exactly like snnTorch's surrogates;
+* backward (paper eq. 7–8, 20): ``∂S/∂u = g(u)·[|u| < b_th]``; ``b_th=None`` is the
+  dense surrogate ``g(u)`` (bit-identical to snnTorch's, see each function).
+
+The backward runs in the compiled op ``torch.ops.snntorch_sparse.spike``, which keeps
+only the band (one bit per element plus the in-band ``u`` values) instead of the whole
+float membrane that snnTorch saves.
+
+==================  ===========  ==============================================
+shape               parameter    ``g(u)``
+==================  ===========  ==============================================
+``fast_sigmoid``    ``slope``    ``1 / (slope·|u| + 1)²``
+``atan``            ``alpha``    ``(alpha/2) / (1 + (π/2·alpha·u)²)``
+``sigmoid``         ``slope``    ``slope·e^(−slope·u) / (e^(−slope·u) + 1)²``
+``triangular``      ``threshold``  ``threshold`` for ``u < 0``, ``−threshold`` for ``u ≥ 0``
+``straight_through``  —          ``1``
+==================  ===========  ==============================================
+
+NaN in ``u``: the spike is 0 (``NaN > 0`` is false). NaN is never inside the band, so
+with a finite ``b_th`` its gradient is exactly 0. With ``b_th=None`` the gradient is
+snnTorch's: NaN for fast_sigmoid, atan and sigmoid (it propagates), the constant
+``threshold`` (triangular) or 1 (straight-through) for the shapes that only test the
+sign of ``u``.
+
+Example::
+
+    import torch
+    import snntorch as snn
+    from snntorch_sparse import surrogate
+
+    sg = surrogate.fast_sigmoid(slope=25, b_th=0.2)
+    lif = snn.Synaptic(alpha=0.9, beta=0.8, spike_grad=sg)   # any snnTorch neuron
+    u = torch.randn(8, requires_grad=True)
+    sg(u).sum().backward()          # u.grad is 0 wherever |u| >= 0.2
+"""
+
+import math
+import numbers
+import warnings
+
+import snntorch.surrogate as _snn_surrogate
+import torch
+
+from . import _ops  # noqa: F401  (registers torch.ops.snntorch_sparse)
+from . import reference
+
+# Re-export snnTorch's public surrogate names first; ours below replace the five shapes.
+_SNN_PUBLIC = sorted(
+    name for name, obj in vars(_snn_surrogate).items()
+    if not name.startswith("_") and getattr(obj, "__module__", None) == _snn_surrogate.__name__
+)
+globals().update({name: getattr(_snn_surrogate, name) for name in _SNN_PUBLIC})
+
+# The python-level name of each shape's parameter (as in snnTorch); None: no parameter.
+_PARAM_NAMES = {
+    reference.FAST_SIGMOID: "slope",
+    reference.ATAN: "alpha",
+    reference.SIGMOID: "slope",
+    reference.TRIANGULAR: "threshold",
+    reference.STRAIGHT_THROUGH: None,
+}
+
+
+class SlowPathWarning(UserWarning):
+    """A surrogate that the compiled kernels do not know runs its band in eager PyTorch."""
+
+
+def _check_b_th(b_th):
+    """``None`` (dense) or a positive finite float; anything else is a ValueError."""
+    if b_th is None:
+        return None
+    if isinstance(b_th, torch.Tensor) and b_th.numel() == 1:
+        b_th = b_th.item()
+    if isinstance(b_th, bool) or not isinstance(b_th, numbers.Real):
+        raise ValueError(f"b_th must be None (dense) or a positive finite float, got {b_th!r}")
+    b_th = float(b_th)
+    if not (math.isfinite(b_th) and b_th > 0):
+        raise ValueError(f"b_th must be None (dense) or a positive finite float, got {b_th!r}")
+    return b_th
+
+
+def _check_param(name, value):
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"surrogate parameter {name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def _check_u(u):
+    if not isinstance(u, torch.Tensor) or not u.is_floating_point():
+        got = u.dtype if isinstance(u, torch.Tensor) else type(u).__name__
+        raise TypeError(
+            "surrogate input u (membrane minus threshold) must be a floating-point tensor "
+            f"(float32/float64; float16/bfloat16 on CUDA), got {got}"
+        )
+
+
+class SparseSurrogate:
+    """A ``spike_grad`` callable: ``S = H(u)`` forward, ``g(u)·[|u| < b_th]`` backward.
+
+    Made by :func:`fast_sigmoid`, :func:`atan`, :func:`sigmoid`, :func:`triangular`,
+    :func:`straight_through` and :func:`sparse`; accepted by every snnTorch neuron.
+
+    Attributes:
+        shape (int): surrogate shape id (``reference.FAST_SIGMOID`` … ``STRAIGHT_THROUGH``).
+        p (float): the shape parameter (slope, alpha or threshold; 0.0 for straight-through).
+        b_th (float or None): band half-width; ``None`` means dense.
+        name (str): the shape's name, e.g. ``"atan"``.
+
+    Calling it on ``u`` (any shape, floating point) returns float32 spikes.
+    """
+
+    def __init__(self, shape, p, b_th):
+        if shape not in _PARAM_NAMES:
+            raise ValueError(f"shape must be one of {sorted(_PARAM_NAMES)}, got {shape!r}")
+        self.shape = int(shape)
+        self.p = _check_param(_PARAM_NAMES[shape] or "p", p)
+        self.b_th = _check_b_th(b_th)
+
+    @property
+    def name(self):
+        return reference.SHAPES[self.shape]
+
+    def with_band(self, b_th):
+        """The same shape and parameter with another band (``None``: dense)."""
+        return SparseSurrogate(self.shape, self.p, b_th)
+
+    def __call__(self, u):
+        _check_u(u)
+        b_th = math.inf if self.b_th is None else self.b_th
+        return torch.ops.snntorch_sparse.spike(u, self.shape, self.p, b_th, 1.0)[0].float()
+
+    def __eq__(self, other):
+        if not isinstance(other, SparseSurrogate):
+            return NotImplemented
+        return (self.shape, self.p, self.b_th) == (other.shape, other.p, other.b_th)
+
+    def __hash__(self):
+        return hash((self.shape, self.p, self.b_th))
+
+    def __repr__(self):
+        param = _PARAM_NAMES[self.shape]
+        args = [f"{param}={self.p!r}"] if param else []
+        return f"{self.name}({', '.join(args + [f'b_th={self.b_th!r}'])})"
+
+
+def fast_sigmoid(slope=25, b_th=0.2):
+    r"""Fast-sigmoid (SuperSpike) surrogate restricted to the band ``|u| < b_th``.
+
+    .. math::
+
+        S = H(u), \qquad
+        \frac{\partial S}{\partial u} = \frac{1}{(k|u| + 1)^2}\,[|u| < B_{th}]
+
+    ``b_th=None``: the gradient is bit-identical to ``snntorch.surrogate.fast_sigmoid``
+    (float32 and float64).
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.fast_sigmoid(slope=25, b_th=0.2)
+        >>> u = torch.tensor([-0.5, -0.1, 0.1, 0.5], requires_grad=True)
+        >>> sg(u).detach()
+        tensor([0., 0., 1., 1.])
+        >>> sg(u).sum().backward(); u.grad
+        tensor([0.0000, 0.0816, 0.0816, 0.0000])
+    """
+    return SparseSurrogate(reference.FAST_SIGMOID, slope, b_th)
+
+
+def atan(alpha=2.0, b_th=0.2):
+    r"""Arc-tangent surrogate (snnTorch's default) restricted to the band ``|u| < b_th``.
+
+    .. math::
+
+        S = H(u), \qquad
+        \frac{\partial S}{\partial u} = \frac{\alpha/2}{1 + (\frac{\pi}{2}\alpha u)^2}
+        \,[|u| < B_{th}]
+
+    ``b_th=None``: the gradient is bit-identical to ``snntorch.surrogate.atan``
+    (float32 and float64).
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.atan(alpha=2.0, b_th=0.2)
+        >>> u = torch.tensor([-0.5, 0.0, 0.5], requires_grad=True)
+        >>> sg(u).sum().backward(); u.grad
+        tensor([0., 1., 0.])
+    """
+    return SparseSurrogate(reference.ATAN, alpha, b_th)
+
+
+def sigmoid(slope=25, b_th=0.2):
+    r"""Sigmoid surrogate restricted to the band ``|u| < b_th``.
+
+    .. math::
+
+        S = H(u), \qquad
+        \frac{\partial S}{\partial u} = \frac{k\,e^{-ku}}{(e^{-ku} + 1)^2}\,[|u| < B_{th}]
+
+    ``b_th=None`` reproduces ``snntorch.surrogate.sigmoid`` up to float32 rounding:
+    snnTorch multiplies the float32 incoming gradient by ``slope`` in float32 (rounding
+    ``slope`` and the product) before reaching the membrane's dtype; this op multiplies in
+    the membrane's dtype. In float64 the two differ by at most 2⁻²³ relative; in float32
+    by a few ulps (the compiled ``exp`` is not PyTorch's vectorised one).
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.sigmoid(slope=25, b_th=0.2)
+        >>> u = torch.tensor([-0.5, 0.0, 0.5], requires_grad=True)
+        >>> sg(u).sum().backward(); u.grad
+        tensor([0.0000, 6.2500, 0.0000])
+    """
+    return SparseSurrogate(reference.SIGMOID, slope, b_th)
+
+
+def triangular(threshold=1, b_th=0.2):
+    r"""snnTorch's triangular surrogate restricted to the band ``|u| < b_th``.
+
+    .. math::
+
+        S = H(u), \qquad
+        \frac{\partial S}{\partial u} = \begin{cases} \theta & u < 0 \\
+        -\theta & u \ge 0 \end{cases}\;\cdot\;[|u| < B_{th}]
+
+    (``θ`` is the parameter ``threshold``; the sign convention is snnTorch's.)
+    ``b_th=None`` reproduces ``snntorch.surrogate.triangular`` bit for bit in float32,
+    and in float64 whenever ``grad·threshold`` is exact in float32 (e.g. the default
+    ``threshold=1``); otherwise within 2⁻²³ relative, because snnTorch forms that product
+    in float32 (rounding ``threshold`` and the product) and this op in float64.
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.triangular(threshold=1, b_th=0.2)
+        >>> u = torch.tensor([-0.5, -0.1, 0.1], requires_grad=True)
+        >>> sg(u).sum().backward(); u.grad
+        tensor([ 0.,  1., -1.])
+    """
+    return SparseSurrogate(reference.TRIANGULAR, threshold, b_th)
+
+
+def straight_through(b_th=0.2):
+    r"""Straight-through estimator restricted to the band ``|u| < b_th``.
+
+    .. math::
+
+        S = H(u), \qquad \frac{\partial S}{\partial u} = [|u| < B_{th}]
+
+    ``b_th=None``: bit-identical to ``snntorch.surrogate.straight_through_estimator``.
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.straight_through(b_th=0.2)
+        >>> u = torch.tensor([-0.5, 0.1], requires_grad=True)
+        >>> sg(u).sum().backward(); u.grad
+        tensor([0., 1.])
+    """
+    return SparseSurrogate(reference.STRAIGHT_THROUGH, 0.0, b_th)
+
+
+def straight_through_estimator(b_th=0.2):
+    """snnTorch's name for :func:`straight_through` (same callable)."""
+    return straight_through(b_th)
+
+
+class EagerBandSurrogate:
+    """The band ``[|u| < b_th]`` around any surrogate callable, in plain PyTorch.
+
+    The forward is ``fn(u)`` unchanged; the gradient is ``fn``'s own (by autograd)
+    multiplied by the band mask. Made by :func:`sparse` for callables the compiled
+    kernels do not know (the slow path).
+    """
+
+    def __init__(self, fn, b_th):
+        self.fn = fn
+        self.b_th = _check_b_th(b_th)
+
+    def with_band(self, b_th):
+        return EagerBandSurrogate(self.fn, b_th) if b_th is not None else self.fn
+
+    def __call__(self, u):
+        _check_u(u)
+        # Same values as u; the gradient flows only where the mask holds (0 elsewhere).
+        banded = torch.where(u.abs() < self.b_th, u, u.detach())
+        return self.fn(banded)
+
+    def __repr__(self):
+        return f"sparse({self.fn!r}, b_th={self.b_th!r})"
+
+
+# snnTorch's surrogate factories that map onto a compiled shape:
+# closure qualname -> (shape id, closure variable holding the parameter or None).
+_SNN_CLOSURES = {
+    "fast_sigmoid.<locals>.inner": (reference.FAST_SIGMOID, "slope"),
+    "atan.<locals>.inner": (reference.ATAN, "alpha"),
+    "sigmoid.<locals>.inner": (reference.SIGMOID, "slope"),
+    "triangular.<locals>.inner": (reference.TRIANGULAR, "threshold"),
+    "straight_through_estimator.<locals>.inner": (reference.STRAIGHT_THROUGH, None),
+}
+_WARNED = set()
+
+
+def _recognise_snntorch(fn):
+    """``SparseSurrogate`` fields ``(shape, p)`` of a snnTorch surrogate closure, or None."""
+    if getattr(fn, "__module__", None) != _snn_surrogate.__name__:
+        return None
+    entry = _SNN_CLOSURES.get(getattr(fn, "__qualname__", None))
+    if entry is None:
+        return None
+    shape, var = entry
+    if var is None:
+        return shape, 0.0
+    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
+    free = dict(zip(code.co_freevars, cells)) if code is not None else {}
+    try:
+        return shape, _check_param(var, free[var].cell_contents)
+    except (KeyError, ValueError):  # an unexpected closure layout: not ours to map
+        return None
+
+
+def _slow_path_warning(fn):
+    kind = (getattr(fn, "__module__", None) or type(fn).__module__,
+            getattr(fn, "__qualname__", None) or type(fn).__qualname__)
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        warnings.warn(
+            f"snntorch_sparse: surrogate {kind[0]}.{kind[1]} is not one of the compiled "
+            "shapes (fast_sigmoid, atan, sigmoid, triangular, straight_through); its band "
+            "runs in eager PyTorch (slow path, full membrane kept for backward).",
+            SlowPathWarning, stacklevel=3)
+
+
+def sparse(spike_grad, b_th=0.2):
+    r"""Restrict any ``spike_grad`` callable to the band ``|u| < b_th``.
+
+    .. math::
+
+        \frac{\partial S}{\partial u} = g(u)\,[|u| < B_{th}]
+
+    * snnTorch's ``fast_sigmoid(slope=…)``, ``atan(alpha=…)``, ``sigmoid(slope=…)``,
+      ``triangular(threshold=…)`` and ``straight_through_estimator()`` are recognised,
+      with their parameters, and mapped to the compiled kernel;
+    * our own surrogates are re-banded with ``b_th``;
+    * any other callable keeps its forward and its own gradient, masked by the band in
+      eager PyTorch (slow path; one :class:`SlowPathWarning` per kind of callable).
+      With ``b_th=None`` such a callable is returned unchanged.
+
+    Example::
+
+        >>> import snntorch
+        >>> from snntorch_sparse import surrogate
+        >>> surrogate.sparse(snntorch.surrogate.fast_sigmoid(slope=10), b_th=0.3)
+        fast_sigmoid(slope=10.0, b_th=0.3)
+    """
+    b_th = _check_b_th(b_th)
+    if isinstance(spike_grad, (SparseSurrogate, EagerBandSurrogate)):
+        return spike_grad.with_band(b_th)
+    if not callable(spike_grad):
+        raise TypeError(f"spike_grad must be callable, got {type(spike_grad).__name__}")
+    known = _recognise_snntorch(spike_grad)
+    if known is not None:
+        return SparseSurrogate(known[0], known[1], b_th)
+    if b_th is None:
+        return spike_grad
+    _slow_path_warning(spike_grad)
+    return EagerBandSurrogate(spike_grad, b_th)
+
+
+__all__ = _SNN_PUBLIC + [
+    "SparseSurrogate", "EagerBandSurrogate", "SlowPathWarning", "fast_sigmoid", "atan",
+    "sigmoid", "triangular", "straight_through", "straight_through_estimator", "sparse",
+]
+__all__ = sorted(set(__all__))

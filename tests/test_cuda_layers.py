@@ -1,0 +1,73 @@
+"""End-to-end checks of the fused layers on a GPU: CUDA kernels against the float64
+reference computed on the CPU. Skipped (not passed) without a GPU."""
+
+import pytest
+import torch
+
+import snntorch_sparse as snn
+from snntorch_sparse import reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _rel(a, b):
+    return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("backward", ["sparse", "dense"])
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("in_rate", [0.02, 0.3])
+def test_two_layer_stack_matches_reference(backward, reset, in_rate):
+    torch.manual_seed(1000 + int(in_rate * 100))
+    T, B, n_in, n_hid, n_out = 40, 8, 96, 64, 10
+    x = (torch.rand(T, B, n_in, dtype=torch.float64) < in_rate).double()
+    l1 = snn.SpikingLinear(n_in, n_hid, beta=0.9, b_th=0.3, reset_mechanism=reset,
+                           backward=backward).double()
+    l2 = snn.SpikingLinear(n_hid, n_out, beta=0.9, readout=True, backward=backward).double()
+    with torch.no_grad():
+        l1.weight.mul_(4.0)  # some activity in the hidden layer
+    b_th = None if backward == "dense" else 0.3
+    rid = reference.RESETS.index(reset)
+
+    # Reference on the CPU in float64.
+    w1 = l1.weight.detach().clone().requires_grad_()
+    w2 = l2.weight.detach().clone().requires_grad_()
+    h = reference.spiking_linear(x, w1, None, torch.tensor(0.9, dtype=torch.float64),
+                                 torch.tensor(1.0, dtype=torch.float64), reset=rid, b_th=b_th)
+    out = reference.spiking_linear(h, w2, None, torch.tensor(0.9, dtype=torch.float64),
+                                   torch.tensor(1.0, dtype=torch.float64), readout=True, b_th=b_th)
+    target = torch.randn_like(out)
+    (out * target).sum().backward()
+
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        g1 = l1.to("cuda", dtype)
+        g2 = l2.to("cuda", dtype)
+        for p in (g1.weight, g2.weight):
+            p.grad = None
+        xc = x.to("cuda", dtype)
+        o = g2(g1(xc))
+        assert _rel(o, out.detach()) < tol
+        (o * target.to("cuda", dtype)).sum().backward()
+        assert _rel(g1.weight.grad, w1.grad) < tol * 10
+        assert _rel(g2.weight.grad, w2.grad) < tol * 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_layer_close_to_float64(dtype):
+    torch.manual_seed(7)
+    T, B, n_in, n_out = 30, 16, 128, 64
+    x = (torch.rand(T, B, n_in) < 0.05).float()
+    layer = snn.SpikingLinear(n_in, n_out, beta=0.9, b_th=0.3)
+    with torch.no_grad():
+        layer.weight.mul_(4.0)
+    ref = snn.SpikingLinear(n_in, n_out, beta=0.9, b_th=0.3).double()
+    ref.load_state_dict(layer.state_dict())
+    spk_ref = ref(x.double())
+    half = layer.to("cuda", dtype)
+    spk = half(x.to("cuda", dtype))
+    assert spk.dtype == dtype and spk.shape == spk_ref.shape
+    # Spikes may flip where the membrane is within rounding of θ; require near-agreement.
+    agree = (spk.float().cpu() == spk_ref.float()).float().mean().item()
+    assert agree > 0.99
+    spk.float().sum().backward()
+    assert torch.isfinite(half.weight.grad).all()

@@ -1,0 +1,190 @@
+"""``fuse``: a per-step ``nn.Sequential`` of Linear + Leaky equals its fused form.
+
+Weights are rounded to multiples of 2⁻⁸ and inputs are spikes, so every current is exact
+(also in float32) whatever the GEMM's summation order; the outputs must match bit for bit.
+"""
+
+import math
+
+import pytest
+import snntorch
+import snntorch.utils
+import torch
+from torch import nn
+
+import snntorch_sparse
+from snntorch_sparse import reference as R
+from snntorch_sparse.fuse import FusedSequential, fuse
+from snntorch_sparse.spiking_linear import SpikingLinear
+
+T, B = 25, 4
+
+
+def _grid(model, scale, shift):
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                w = torch.randn_like(m.weight) * scale + shift
+                m.weight.copy_(torch.round(w * 256) / 256)
+                if m.bias is not None:
+                    m.bias.copy_(torch.round(torch.randn_like(m.bias) * 0.05 * 256) / 256)
+    return model
+
+
+def _net(leaky, dtype=torch.float32, reset="subtract", learn=False, output=True, **kw):
+    """Flatten → Linear(24, 16) → Leaky → Linear(16, 10) → Leaky(output)."""
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(24, 16, bias=True),
+        leaky(beta=torch.rand(16) * 0.2 + 0.75 if learn else 0.9, threshold=1.0,
+              init_hidden=True, reset_mechanism=reset, learn_beta=learn,
+              learn_threshold=learn, **kw),
+        nn.Linear(16, 10, bias=False),
+        leaky(beta=0.8, init_hidden=True, output=output, reset_mechanism=reset, **kw),
+    )
+    return _grid(model, 0.3, 0.08).to(dtype)
+
+
+def _per_step(model, x):
+    snntorch.utils.reset(model)
+    outs = [model(x[t]) for t in range(x.shape[0])]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(o) for o in zip(*outs))
+    return torch.stack(outs)
+
+
+def _params(model):
+    return [p for p in model.parameters()]
+
+
+def _compare(model, fused, x, rtol, atol):
+    got, want = fused(x), _per_step(model, x)
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert torch.equal(g.to(w.dtype), w)
+    assert got[0].sum() > 0  # the last layer fires
+    weights = [torch.randn_like(w) for w in want]
+    loss = lambda outs: sum((o.to(w.dtype) * w).sum() for o, w in zip(outs, weights))  # noqa: E731
+    params = _params(model)
+    for g, w in zip(torch.autograd.grad(loss(got), params),
+                    torch.autograd.grad(loss(want), params)):
+        assert w.abs().sum() > 0
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("learn", [False, True])
+@pytest.mark.parametrize("output", [True, False])
+def test_snntorch_model_equals_per_step(reset, learn, output):
+    model = _net(snntorch.Leaky, reset=reset, learn=learn, output=output)
+    fused = fuse(model)
+    assert isinstance(fused, FusedSequential)
+    assert fused.layers[0].weight is model[1].weight and fused.layers[0].bias is model[1].bias
+    if learn:
+        assert fused.layers[0].beta is model[2].beta
+    assert fused.layers[0].b_th is None  # snnTorch's Leaky is dense
+    x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
+    _compare(model, fused, x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_sparse_leaky_model_equals_per_step(reset):
+    model = _net(snntorch_sparse.Leaky, reset=reset, learn=True, b_th=0.3,
+                 spike_grad=snntorch_sparse.surrogate.fast_sigmoid(slope=5))
+    fused = fuse(model)
+    layer = fused.layers[0]
+    assert (layer.b_th, layer.spike_grad.shape, layer.spike_grad.p) == (0.3, R.FAST_SIGMOID, 5.0)
+    x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
+    _compare(model, fused, x, rtol=1e-4, atol=1e-5)
+
+
+def _reference_chain(model, x, b_th):
+    """The fused model by ``reference.py`` (float64): spikes and last membrane."""
+    mods = list(model)[1:]
+    h = x.flatten(2)
+    for i in range(0, len(mods), 2):
+        lin, lif = mods[i], mods[i + 1]
+        cur = lin(h)
+        spk, mem = R.lif_sequence(cur, torch.zeros_like(cur[0]), lif.beta, lif.threshold,
+                                  reset=R.RESETS.index(lif.reset_mechanism), b_th=b_th)
+        h = spk
+    return spk, mem
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+def test_banded_model_equals_reference(reset):
+    model = _net(snntorch_sparse.Leaky, dtype=torch.float64, reset=reset, learn=True, b_th=0.2)
+    fused = fuse(model)
+    x = (torch.rand(T, B, 2, 3, 4, dtype=torch.float64) < 0.3).double()
+    spk, mem = fused(x)
+    spk_r, mem_r = _reference_chain(model, x, 0.2)
+    assert torch.equal(spk, spk_r) and torch.equal(mem, mem_r)
+    w1, w2 = torch.randn_like(spk), torch.randn_like(mem)
+    params = _params(model)
+    got = torch.autograd.grad((spk * w1).sum() + (mem * w2).sum(), params)
+    want = torch.autograd.grad((spk_r * w1).sum() + (mem_r * w2).sum(), params)
+    assert any(g.abs().sum() > 0 for g in want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert fused.layers[1]._report["dx_masked"]
+
+
+def test_trailing_linear_and_dense_backward():
+    model = nn.Sequential(nn.Linear(12, 8), snntorch.Leaky(beta=0.9, init_hidden=True),
+                          nn.Linear(8, 3))
+    model = _grid(model, 0.3, 0.1)
+    fused = fuse(model, backward="dense")
+    assert isinstance(fused.layers[0], SpikingLinear) and type(fused.layers[1]) is nn.Linear
+    assert fused.layers[0].backward == "dense"
+    x = (torch.rand(T, B, 12) < 0.3).float()
+    got, want = fused(x), _per_step(model, x)
+    assert torch.equal(got, want)
+
+
+def test_fuse_draws_no_random_numbers():
+    model = _net(snntorch.Leaky)
+    torch.manual_seed(0)
+    fuse(model)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), snntorch.Leaky(beta=0.9, init_hidden=True)),
+     "Conv2d"),
+    (lambda: nn.Sequential(snntorch.Leaky(beta=0.9, init_hidden=True), nn.Linear(3, 2)),
+     "must follow an nn.Linear"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Leaky(beta=0.9)), "init_hidden=True"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Leaky(beta=0.9, init_hidden=True,
+                                                            output=True),
+                           nn.Linear(2, 2), snntorch.Leaky(beta=0.9, init_hidden=True)),
+     "output=True"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), nn.Flatten()), "Flatten"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Synaptic(alpha=0.9, beta=0.8,
+                                                               init_hidden=True)),
+     "Synaptic"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Leaky(beta=0.9, init_hidden=True,
+                                                            inhibition=True)),
+     "inhibition"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Leaky(
+        beta=0.9, init_hidden=True, learn_graded_spikes_factor=True)),
+     "learn_graded_spikes_factor"),
+    (lambda: nn.Sequential(nn.Linear(3, 2), snntorch.Leaky(
+        beta=0.9, init_hidden=True, spike_grad=lambda u: (u > 0).float())),
+     "layer 1 .*spike_grad"),
+    (lambda: nn.Linear(3, 2), "nn.Sequential"),
+])
+@pytest.mark.filterwarnings("ignore:Inhibition is an unstable feature")
+def test_unsupported_models(build, match):
+    with pytest.raises(ValueError, match=match):
+        fuse(build())
+
+
+def test_fused_output_is_finite_for_random_input():
+    fused = fuse(_net(snntorch.Leaky))
+    spk, mem = fused(torch.rand(T, B, 2, 3, 4))
+    assert spk.shape == (T, B, 10) and math.isfinite(mem.sum().item())
