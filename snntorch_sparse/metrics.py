@@ -2,8 +2,51 @@
 saved (eq. 14), bytes kept for backward, timers and peak memory."""
 
 import contextlib
+import math
+import statistics
+import time
 
 import torch
+
+
+def activity(mem, threshold=1.0, b_th=0.2):
+    """Fraction ρ of entries whose membrane lies in the band ``|U − θ| < B_th``.
+
+    Paper eq. 13 (without its factor 100)::
+
+        ρ = #{(b, t, j) : |U[b, t, j] − θ_j| < B_th} / (B·T·N)
+
+    ``mem`` is a membrane tensor of any shape (e.g. ``[T, B, N]``); ``threshold`` a
+    float or a tensor broadcastable against it (per-neuron θ). ``b_th=None`` or ``inf``
+    is the dense surrogate: every finite entry counts as active. NaN is never active.
+    Returns a Python float in [0, 1]. Example::
+
+        >>> mem = torch.tensor([0.7, 0.85, 1.0, 1.19, 1.3])
+        >>> activity(mem, threshold=1.0, b_th=0.2)
+        0.6
+    """
+    if mem.numel() == 0:
+        raise ValueError("activity: mem is empty; expected a membrane tensor such as [T, B, N]")
+    b_th = math.inf if b_th is None else float(b_th)
+    if not b_th > 0:
+        raise ValueError(f"activity: b_th must be > 0 (or None for dense), got {b_th}")
+    inband = (mem.detach() - threshold).abs() < b_th
+    return inband.sum().item() / mem.numel()
+
+
+def memory_saved(dense_bytes, sparse_bytes):
+    """Memory saved in percent, paper eq. 14::
+
+        100 · (memory_original − memory_sparse) / memory_original
+
+    Negative when the sparse variant uses more. Example::
+
+        >>> memory_saved(1000, 80)
+        92.0
+    """
+    if not dense_bytes > 0:
+        raise ValueError(f"memory_saved: dense_bytes must be > 0, got {dense_bytes}")
+    return 100.0 * (dense_bytes - sparse_bytes) / dense_bytes
 
 
 @contextlib.contextmanager
@@ -30,3 +73,78 @@ def saved_bytes():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
     result["bytes"] = sum(seen.values())
+
+
+class Timer:
+    """Times named regions of code, in milliseconds.
+
+    CPU: wall clock (``time.perf_counter``) around the region; CPU ops are synchronous.
+    CUDA: a pair of CUDA events around the region on the current stream, read only when
+    results are asked for, so timing adds no host synchronisation between regions. Take
+    medians over repeats after a warm-up (DESIGN.md §5). Example::
+
+        timer = Timer("cpu")
+        for _ in range(5):
+            with timer("matmul"):
+                torch.randn(64, 64) @ torch.randn(64, 64)
+        print(timer.median("matmul"))
+    """
+
+    def __init__(self, device="cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self._records = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        records = self._records.setdefault(name, [])
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            records.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            records.append((time.perf_counter() - t0) * 1e3)
+
+    def samples(self, name):
+        """All timings of region ``name`` in ms, in the order they ran."""
+        records = self._records.get(name, [])
+        if self.cuda and records:
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) for start, end in records]
+        return list(records)
+
+    def median(self, name):
+        """Median of region ``name`` in ms (``nan`` if it never ran)."""
+        samples = self.samples(name)
+        return statistics.median(samples) if samples else math.nan
+
+
+@contextlib.contextmanager
+def peak_memory(device):
+    """Peak allocator memory of the block on CUDA (``torch.cuda.max_memory_allocated``).
+
+    Yields a dict filled on exit: ``"peak"`` (peak bytes allocated during the block, all
+    live tensors included) and ``"extra"`` (peak minus the bytes allocated on entry: what
+    the block itself needed). On CPU both stay ``None``: PyTorch's CPU allocator keeps no
+    peak statistic and process RSS is distorted by the C allocator's caching, so CPU
+    memory is reported as bytes kept for backward (:func:`saved_bytes`) instead.
+    Example::
+
+        with peak_memory("cpu") as mem:
+            y = torch.randn(1000) * 2
+        print(mem)  # {'peak': None, 'extra': None}
+    """
+    device = torch.device(device)
+    result = {"peak": None, "extra": None}
+    if device.type != "cuda":
+        yield result
+        return
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield result
+    peak = torch.cuda.max_memory_allocated(device)
+    result["peak"], result["extra"] = peak, peak - start

@@ -1,0 +1,865 @@
+"""Benchmark: snnTorch per-step dense vs our fused dense vs our fused sparse backward.
+
+``python -m snntorch_sparse bench [--device cpu|cuda] [--config NAME ...]``
+
+Three implementations of the same network run **in the same process, on the same
+weights and inputs**, one after the other:
+
+* ``snntorch``: the loop users write today — for every step ``t`` and layer, ``cur =
+  fc(h[t])`` then ``spk, mem = snntorch.Leaky(beta, spike_grad=atan())(cur, mem)``;
+  outputs stacked over ``t``. Dense BPTT through autograd. (``--surrogate fast_sigmoid``
+  uses the paper's slope-100 fast sigmoid instead, in all three implementations.)
+* ``fused_dense``: :class:`snntorch_sparse.SpikingLinear` with ``backward="dense"``:
+  one GEMM for all ``T``, the fused LIF kernels, the full surrogate (equal gradients).
+* ``fused_sparse``: the same layers with ``backward="sparse"`` (band ``|U − θ| < B_th``).
+
+Configurations (``--list`` prints them):
+
+* the paper's networks (supplementary E.6): F-MNIST 784-200-200-10 (T=100), N-MNIST
+  1156-200-200-10 (T=300), SHD 700-200-200-20 (T=500), and SHD with hidden width
+  200…1000 (paper Fig. 4C). β = exp(−Δt/τ) with the paper's Δt and τ, θ = 1, reset by
+  subtraction, readout = leaky integrator with infinite threshold. Inputs are Bernoulli
+  spikes at a rate per input and step close to each dataset's (:data:`INPUT_RATES`).
+  Each hidden layer's weights are ``s·N(0, 1)/√N_in`` with ``s`` calibrated (bisection,
+  on the benchmark batch itself) so the layer's band activity ρ (paper eq. 13) equals
+  ``--rho`` (default 2 %, inside the paper's measured 1–5 %). Loss: cross-entropy with
+  random labels on the readout membrane reduced over time (max; sum for SHD, as the
+  paper), so every layer gets a gradient.
+* the Open Neuromorphic framework benchmark: one Linear(N, N) (with bias, nn.Linear's
+  init) + LIF layer (β = 0.95, as its snnTorch entry), B = 16, T = 500, input ``randn``,
+  loss = sum of the output spikes; N = 4096 / 8192 / 16384. ρ is whatever it is.
+
+Measured per configuration and implementation (medians over ``--repeats`` after
+``--warmup`` iterations and one probe pass; wall clock on CPU, CUDA events on GPU):
+
+* whole step: forward (input → loss) and backward (``loss.backward()``) times; bytes
+  kept for backward (:func:`metrics.saved_bytes`); on CUDA the peak allocator bytes of
+  forward + backward above what was allocated before the step (weights and inputs
+  excluded). CPU peak memory is not measured (no allocator statistic on CPU).
+* hidden layer in isolation (the issue's targets; the paper's Fig. 4 measures the same
+  layer): the second hidden layer, fed the first hidden layer's spikes of the same
+  implementation (so the sparse layer can use the upstream band, eq. 12). Its backward
+  is ``torch.autograd.grad(spk2, [W2, spk1], G)`` with one fixed upstream gradient ``G``
+  (the true gradient of the loss w.r.t. ``spk2``, computed once in plain PyTorch) shared by
+  all implementations; autograd stops at ``spk1``, so exactly this layer's backward runs
+  (∂W2 and ∂spk1). For snnTorch, ``spk1`` is the list of per-step spike tensors and the
+  layer is the per-step loop over ``t``.
+
+Speedups are ratios of medians measured in the same run; memory saved is paper eq. 14.
+Outputs (``--out``): ``bench_<device>.json`` (every number, the machine and the command),
+``bench_<device>.md`` (the tables, also printed) and ``bench_<device>.png``.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import metrics, reference
+from ._ops import BACKENDS, ops
+from .data import DATASETS
+
+METHODS = ("snntorch", "fused_dense", "fused_sparse")
+THRESHOLD = 1.0
+
+#: Input spikes per input and step: our estimates of each dataset's mean rate (binned as
+#: in the paper). F-MNIST: latency code, one spike for the ~45 % of pixels brighter than
+#: θ = 0.2, over T = 100 → 0.45 %. N-MNIST: ~4 000 events per 300 ms sample over 34×34
+#: inputs (polarities merged) → ~1.2 %. SHD: ~8 000 spikes per ~1 s sample over 700
+#: channels in 2 ms bins → ~2 %. Uniform in time (a simplification; ρ is calibrated anyway).
+INPUT_RATES = {"fmnist": 0.0045, "nmnist": 0.012, "shd": 0.02}
+
+#: Membrane time constants of the paper (supplementary E.6), ms: (hidden, readout).
+TAUS_MS = {"fmnist": (10.0, 10.0), "nmnist": (10.0, 10.0), "shd": (10.0, 20.0)}
+
+#: Batch sizes: the paper's B = 256 on GPU; a CPU default that keeps the default run
+#: within ~10 minutes on 2 cores. The ONB benchmark always uses its own B = 16.
+BATCH = {"cpu": 16, "cuda": 256}
+
+#: Issue 3 targets, judged on the fused_sparse row: (device, config, minimum, what, row key).
+_HIDDEN_BWD = ("hidden-layer backward × vs snnTorch", "hidden_bwd_speedup_vs_snntorch")
+_STEP = ("whole step (fwd+bwd) × vs snnTorch", "step_speedup_vs_snntorch")
+_KEPT = ("memory kept for backward saved, whole network (%)", "mem_saved_vs_snntorch_pct")
+_KEPT_HIDDEN = ("memory kept for backward saved, hidden layer (%)",
+                "hidden_mem_saved_vs_snntorch_pct")
+_PEAK = ("peak memory saved, whole step (%)", "peak_saved_vs_snntorch_pct")
+_VS_DENSE = ("whole step × vs our fused dense", "step_speedup_vs_fused_dense")
+TARGETS = (
+    ("cpu", "shd", 30.0, *_HIDDEN_BWD), ("cpu", "shd", 90.0, *_KEPT),
+    ("cpu", "shd", 90.0, *_KEPT_HIDDEN), ("cpu", "shd", 5.0, *_STEP),
+    ("cuda", "shd", 200.0, *_HIDDEN_BWD), ("cuda", "shd", 20.0, *_STEP),
+    ("cuda", "shd", 90.0, *_KEPT), ("cuda", "shd", 90.0, *_PEAK),
+    ("cuda", "onb-16384", 1.0, *_VS_DENSE),
+)
+
+
+# ------------------------------------------------------------------ configurations
+@dataclass(frozen=True)
+class Config:
+    """One benchmarked network. ``sizes`` = (inputs, hidden..., outputs)."""
+
+    name: str
+    sizes: tuple
+    T: int
+    input_rate: float = None     # Bernoulli spike probability; None: randn input (ONB)
+    beta: float = 0.95           # hidden layers
+    beta_readout: float = None   # None: no readout, the last layer spikes (ONB)
+    logits: str = None           # "max" / "sum" over time of the readout; None: sum of outputs
+    bias: bool = False
+    batch: int = None            # fixed batch size (ONB); None: BATCH[device] or --batch
+    calibrate: bool = True       # scale hidden weights to the target ρ
+
+    @property
+    def hidden_index(self):
+        """Layer timed in isolation: the last hidden layer of a network with at least two
+        hidden layers and a readout (the paper's second hidden layer), else None."""
+        n_hidden = len(self.sizes) - 2
+        return n_hidden - 1 if self.beta_readout is not None and n_hidden >= 2 else None
+
+
+def _paper(name, dataset, hidden=200, **kw):
+    d = DATASETS[dataset]
+    tau_h, tau_r = TAUS_MS[dataset]
+    dt = d["dt_ms"]
+    return Config(name, (d["num_inputs"], hidden, hidden, d["num_classes"]), d["num_steps"],
+                  input_rate=INPUT_RATES[dataset], beta=math.exp(-dt / tau_h),
+                  beta_readout=math.exp(-dt / tau_r),
+                  logits="sum" if dataset == "shd" else "max", **kw)
+
+
+def _onb(n):
+    return Config(f"onb-{n}", (n, n), 500, beta=0.95, bias=True, batch=16, calibrate=False)
+
+
+CONFIGS = {c.name: c for c in (
+    _paper("fmnist", "fmnist"), _paper("nmnist", "nmnist"), _paper("shd", "shd"),
+    *(_paper(f"hidden-{h}", "shd", hidden=h) for h in (200, 400, 600, 800, 1000)),
+    _onb(4096), _onb(8192), _onb(16384),
+    # tiny ones for tests and smoke runs
+    Config("quick-paper", (40, 64, 64, 5), 40, input_rate=0.1, beta=0.9, beta_readout=0.9,
+           logits="max", batch=4),
+    Config("quick-onb", (48, 48), 25, beta=0.95, bias=True, batch=4, calibrate=False),
+)}
+
+GROUPS = {
+    "paper": ("fmnist", "nmnist", "shd"),
+    "hidden-sweep": tuple(f"hidden-{h}" for h in (200, 400, 600, 800, 1000)),
+    "onb": ("onb-4096", "onb-8192", "onb-16384"),
+    "quick": ("quick-paper", "quick-onb"),
+}
+DEFAULT = {"cpu": GROUPS["paper"], "cuda": GROUPS["paper"] + GROUPS["onb"]}
+#: Repeats and warm-up iterations (after one probe pass) by device.
+DEFAULT_REPEATS = {"cpu": (3, 1), "cuda": (5, 1)}
+
+
+def resolve_configs(names, device, quick):
+    """Expand group names; keep order, drop duplicates."""
+    if quick:
+        names = list(names or []) + ["quick"]
+    names = names or list(DEFAULT[device])
+    out = []
+    for name in names:
+        if name == "all":
+            expanded = [n for n in CONFIGS if not n.startswith("quick")]
+        elif name in GROUPS:
+            expanded = GROUPS[name]
+        elif name in CONFIGS:
+            expanded = [name]
+        else:
+            raise ValueError(f"unknown config {name!r}; choose from "
+                             f"{sorted(CONFIGS) + sorted(GROUPS) + ['all']}")
+        out += [n for n in expanded if n not in out]
+    return [CONFIGS[n] for n in out]
+
+
+# ---------------------------------------------------------------- data and weights
+def lif_membrane(cur, beta):
+    """Membrane ``[T, B, N]`` of a subtract-reset LIF layer (θ = 1) from its current."""
+    T, B, N = cur.shape
+    flat = cur.reshape(T, B * N)
+    m = flat.shape[1]
+    mem = ops.lif_fwd(flat.contiguous(), flat.new_zeros(m), flat.new_full((m,), beta),
+                      flat.new_full((m,), THRESHOLD), reference.SUBTRACT)
+    return mem.view(T, B, N)
+
+
+def calibrate_scale(cur0, beta, target, b_th):
+    """Scale ``s`` with ρ(LIF(s·cur0)) ≈ ``target``: doubling to bracket, then bisection
+    in log space (ρ grows with ``s`` over the range the bracket explores)."""
+    def rho(s):
+        return metrics.activity(lif_membrane(s * cur0, beta), THRESHOLD, b_th)
+
+    lo, hi = 1.0, 1.0
+    if rho(1.0) < target:
+        tried = {}
+        for _ in range(40):
+            lo, hi = hi, hi * 2
+            tried[hi] = rho(hi)
+            if tried[hi] >= target:
+                break
+        else:  # ρ peaks below the target (too few input spikes): take the peak
+            best = max(tried, key=tried.get)
+            warnings.warn(f"activity {target:g} is out of reach by scaling the weights; "
+                          f"using the highest found, {tried[best]:.3g}", RuntimeWarning)
+            return best
+    else:
+        for _ in range(40):
+            lo, hi = lo / 2, lo
+            if rho(lo) < target:
+                break
+    for _ in range(14):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if rho(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda s: abs(rho(s) - target))
+
+
+def build_problem(cfg, batch, device, target_rho, b_th, seed):
+    """Inputs, labels, weights (hidden ones calibrated to ``target_rho``), per-layer
+    activity, and the fixed upstream gradient ∂loss/∂spk of the isolated hidden layer."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    T, sizes = cfg.T, cfg.sizes
+    if cfg.input_rate is None:
+        x = torch.randn(T, batch, sizes[0], generator=gen, device=device)
+    else:
+        x = (torch.rand(T, batch, sizes[0], generator=gen, device=device) < cfg.input_rate).float()
+    labels = torch.randint(0, sizes[-1], (batch,), generator=gen, device=device)
+
+    weights, biases = [], []
+    info = {"rho": [], "spike_rate": [], "weight_scale": [],
+            "input_rate_measured": None if cfg.input_rate is None else x.mean().item()}
+    n_spiking = len(sizes) - 1 - (cfg.beta_readout is not None)
+    h = x
+    for layer in range(len(sizes) - 1):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        bound = 1 / math.sqrt(n_in)  # nn.Linear's default init
+        if layer < n_spiking and cfg.calibrate:
+            w = torch.randn(n_out, n_in, generator=gen, device=device) / math.sqrt(n_in)
+        else:
+            w = torch.empty(n_out, n_in, device=device).uniform_(-bound, bound, generator=gen)
+        b = (torch.empty(n_out, device=device).uniform_(-bound, bound, generator=gen)
+             if cfg.bias else None)
+        if layer < n_spiking:
+            cur = (h.reshape(T * batch, n_in) @ w.t()).view(T, batch, n_out)
+            if b is not None:
+                cur = cur + b
+            scale = calibrate_scale(cur, cfg.beta, target_rho, b_th) if cfg.calibrate else 1.0
+            mem = lif_membrane(scale * cur, cfg.beta)
+            del cur
+            w, b = w * scale, (None if b is None else b * scale)
+            info["weight_scale"].append(scale)
+            info["rho"].append(metrics.activity(mem, THRESHOLD, b_th))
+            h = (mem > THRESHOLD).float()
+            info["spike_rate"].append(h.mean().item())
+            del mem
+        weights.append(w)
+        biases.append(b)
+
+    upstream = None
+    if cfg.hidden_index is not None:  # h: the isolated layer's spikes; the readout follows
+        spk = h.requires_grad_()
+        out = _readout_ref(spk, weights[-1], biases[-1], cfg.beta_readout)
+        upstream, = torch.autograd.grad(loss_fn(cfg, out, labels), spk)
+    return x, labels, weights, biases, info, upstream
+
+
+def _readout_ref(spk, w, b, beta):
+    """The readout membrane (leaky integrator, no threshold) by plain autograd."""
+    cur = spk @ w.t() + (0 if b is None else b)
+    mem, out = torch.zeros_like(cur[0]), []
+    for t in range(cur.shape[0]):
+        mem = beta * mem + cur[t]
+        out.append(mem)
+    return torch.stack(out)
+
+
+def loss_fn(cfg, out, labels):
+    """Cross-entropy of the readout membrane reduced over time; ONB: sum of outputs."""
+    if cfg.logits is None:
+        return out.sum()
+    logits = out.amax(0) if cfg.logits == "max" else out.sum(0)
+    return F.cross_entropy(logits, labels)
+
+
+# ------------------------------------------------------------------ implementations
+class PerStepNet(nn.Module):
+    """snnTorch as users write it: a Python loop over ``t``, ``Linear`` then ``Leaky``."""
+
+    def __init__(self, cfg, weights, biases, spike_grad):
+        super().__init__()
+        import snntorch
+        from snntorch import surrogate
+
+        self.readout = cfg.beta_readout is not None
+        self.fcs, self.lifs = nn.ModuleList(), nn.ModuleList()
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            fc = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device)
+            with torch.no_grad():
+                fc.weight.copy_(w)
+                if b is not None:
+                    fc.bias.copy_(b)
+            if self.readout and i == len(weights) - 1:  # infinite threshold: never fires
+                lif = snntorch.Leaky(beta=cfg.beta_readout, threshold=math.inf,
+                                     reset_mechanism="none", spike_grad=surrogate.atan())
+            else:
+                lif = snntorch.Leaky(beta=cfg.beta, threshold=THRESHOLD, spike_grad=spike_grad)
+            self.fcs.append(fc)
+            self.lifs.append(lif.to(w.device))
+
+    def _run(self, layers, inputs):
+        mems = [self.lifs[i].reset_mem() for i in layers]
+        out = []
+        for h in inputs:
+            for k, i in enumerate(layers):
+                spk, mems[k] = self.lifs[i](self.fcs[i](h), mems[k])
+                h = spk
+            out.append(mems[-1] if self.readout and layers[-1] == len(self.fcs) - 1 else spk)
+        return out
+
+    def forward(self, x):
+        return torch.stack(self._run(range(len(self.fcs)), x))
+
+    def weights(self):
+        return [fc.weight for fc in self.fcs]
+
+    def hidden_input(self, x, index):
+        """Per-step spikes entering layer ``index`` (graph attached), a list over t."""
+        return self._run(range(index), x)
+
+    def hidden_forward(self, inputs, index):
+        return torch.stack(self._run([index], inputs))
+
+    @staticmethod
+    def grad_inputs(inputs):
+        return list(inputs)
+
+
+class FusedNet(nn.Module):
+    """The same network from :class:`snntorch_sparse.SpikingLinear` layers."""
+
+    def __init__(self, cfg, weights, biases, backward, b_th, spike_grad):
+        super().__init__()
+        from .spiking_linear import SpikingLinear
+
+        layers = []
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            readout = cfg.beta_readout is not None and i == len(weights) - 1
+            layer = SpikingLinear(w.shape[1], w.shape[0],
+                                  beta=cfg.beta_readout if readout else cfg.beta,
+                                  threshold=THRESHOLD, bias=b is not None,
+                                  spike_grad=spike_grad, b_th=b_th, readout=readout,
+                                  backward=backward, device=w.device)
+            with torch.no_grad():
+                layer.weight.copy_(w)
+                if b is not None:
+                    layer.bias.copy_(b)
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def weights(self):
+        return [layer.weight for layer in self.layers]
+
+    def hidden_input(self, x, index):
+        for layer in self.layers[:index]:
+            x = layer(x)
+        return x
+
+    def hidden_forward(self, spk, index):
+        return self.layers[index](spk)
+
+    @staticmethod
+    def grad_inputs(inputs):
+        return [inputs]
+
+
+#: ``--surrogate`` choices: snnTorch's default, and the paper's (supplementary E.5).
+SURROGATES = {"atan": ("atan", {"alpha": 2.0}), "fast_sigmoid": ("fast_sigmoid", {"slope": 100.0})}
+
+
+def make_model(method, cfg, weights, biases, b_th, surrogate_name):
+    """One implementation of the network; the surrogate shape is the same in all three
+    (snnTorch's own function for ``snntorch``; ours, banded by ``b_th``, for the fused)."""
+    shape, params = SURROGATES[surrogate_name]
+    if method == "snntorch":
+        from snntorch import surrogate as snn_surrogate
+
+        return PerStepNet(cfg, weights, biases, getattr(snn_surrogate, shape)(**params))
+    from . import surrogate
+
+    spike_grad = getattr(surrogate, shape)(**params, b_th=b_th)
+    return FusedNet(cfg, weights, biases, method.split("_")[1], b_th, spike_grad)
+
+
+# ----------------------------------------------------------------------- measuring
+def _zero_grad(model):
+    for p in model.parameters():
+        p.grad = None
+
+
+def _time_steps(device, warmup, repeats, forward, backward, setup=None):
+    """Run ``backward(forward())`` ``warmup + repeats`` times, timing the last ``repeats``
+    (regions "fwd" and "bwd"); ``setup()`` runs untimed before each. Returns the timer and
+    the largest CUDA peak above the memory allocated at the start of a step (None on CPU)."""
+    timer, peaks = metrics.Timer(device), []
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
+        timed = i >= warmup
+        with metrics.peak_memory(device) as peak:
+            with timer("fwd") if timed else contextlib.nullcontext():
+                out = forward()
+            with timer("bwd") if timed else contextlib.nullcontext():
+                backward(out)
+        del out
+        if timed:
+            peaks.append(peak["extra"])
+    return timer, (None if peaks[0] is None else max(peaks))
+
+
+def measure(model, cfg, x, labels, upstream, device, warmup, repeats):
+    """Whole step and isolated hidden layer timings and memory of one implementation."""
+    res = dict.fromkeys(("hidden_fwd_ms", "hidden_bwd_ms", "hidden_kept_bytes",
+                         "hidden_peak_bytes", "hidden_fwd_samples_ms", "hidden_bwd_samples_ms"))
+    # Probe pass: memory kept for backward and the gradients for the cross-checks.
+    _zero_grad(model)
+    with metrics.saved_bytes() as kept:
+        out = model(x)
+        loss = loss_fn(cfg, out, labels)
+    loss.backward()
+    res["kept_bytes"] = kept["bytes"]
+    probe = {"out": out.detach(), "grads": [w.grad.detach().clone() for w in model.weights()]}
+    del out, loss
+
+    timer, res["peak_bytes"] = _time_steps(
+        device, warmup, repeats, lambda: loss_fn(cfg, model(x), labels),
+        lambda loss: loss.backward(), setup=lambda: _zero_grad(model))
+    _zero_grad(model)
+    res["fwd_ms"], res["bwd_ms"] = timer.median("fwd"), timer.median("bwd")
+    res["fwd_samples_ms"], res["bwd_samples_ms"] = timer.samples("fwd"), timer.samples("bwd")
+    # Minima too: on a shared machine other processes only ever add time.
+    res["fwd_min_ms"], res["bwd_min_ms"] = min(res["fwd_samples_ms"]), min(res["bwd_samples_ms"])
+
+    k = cfg.hidden_index
+    if k is not None:  # the hidden layer alone: ∂W_k and ∂input from a fixed upstream grad
+        inputs = model.hidden_input(x, k)
+        wrt = [model.weights()[k]] + model.grad_inputs(inputs)
+        with metrics.saved_bytes() as kept:
+            spk = model.hidden_forward(inputs, k)
+        res["hidden_kept_bytes"] = kept["bytes"]
+        torch.autograd.grad(spk, wrt, upstream)
+        del spk
+        timer, res["hidden_peak_bytes"] = _time_steps(
+            device, warmup, repeats, lambda: model.hidden_forward(inputs, k),
+            lambda spk: torch.autograd.grad(spk, wrt, upstream))
+        res["hidden_fwd_ms"], res["hidden_bwd_ms"] = timer.median("fwd"), timer.median("bwd")
+        res["hidden_fwd_samples_ms"] = timer.samples("fwd")
+        res["hidden_bwd_samples_ms"] = timer.samples("bwd")
+        del inputs, wrt
+    return res, probe
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b and not math.isnan(a) and not math.isnan(b) else None
+
+
+def _rel_err(ref, other):
+    return max(((o.double() - r.double()).norm() / r.double().norm().clamp_min(1e-300)).item()
+               for r, o in zip(ref, other))
+
+
+def _cosine(ref, other):
+    return min(F.cosine_similarity(r.double().flatten(), o.double().flatten(), dim=0).item()
+               for r, o in zip(ref, other))
+
+
+def derive(rows):
+    """Speedups and memory saved (eq. 14) of each row against snnTorch and fused dense."""
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        for base in ("snntorch", "fused_dense"):
+            b = by.get(base, {})
+            tag = f"vs_{base}"
+            r[f"bwd_speedup_{tag}"] = _ratio(b.get("bwd_ms"), r.get("bwd_ms"))
+            r[f"step_speedup_{tag}"] = _ratio(b.get("step_ms"), r.get("step_ms"))
+            r[f"hidden_bwd_speedup_{tag}"] = _ratio(b.get("hidden_bwd_ms"), r.get("hidden_bwd_ms"))
+            r[f"hidden_step_speedup_{tag}"] = _ratio(b.get("hidden_step_ms"),
+                                                     r.get("hidden_step_ms"))
+            for key, out in (("kept_bytes", "mem_saved"),
+                             ("hidden_kept_bytes", "hidden_mem_saved"),
+                             ("peak_bytes", "peak_saved"),
+                             ("hidden_peak_bytes", "hidden_peak_saved")):
+                ok = b.get(key) and r.get(key) is not None
+                r[f"{out}_{tag}_pct"] = metrics.memory_saved(b[key], r[key]) if ok else None
+
+
+def bench_config(cfg, args, device, progress):
+    """All three implementations on one configuration; returns the rows (one per method)."""
+    batch = cfg.batch or args.batch or BATCH[device.type]
+    base = {"config": cfg.name, "device": device.type, "B": batch, "T": cfg.T,
+            "sizes": list(cfg.sizes)}
+    try:
+        x, labels, weights, biases, info, upstream = build_problem(
+            cfg, batch, device, args.rho, args.b_th, args.seed)
+    except Exception as err:  # e.g. OOM on a small GPU: report and go on
+        progress.write(f"{cfg.name}: setup failed: {type(err).__name__}: {err}")
+        progress.update(len(METHODS))
+        return [dict(base, method=m, error=f"setup: {type(err).__name__}: {err}") for m in METHODS]
+    base.update(rho=info["rho"], spike_rate=info["spike_rate"], weight_scale=info["weight_scale"],
+                input_rate=cfg.input_rate, input_rate_measured=info["input_rate_measured"],
+                rho_hidden=info["rho"][cfg.hidden_index] if cfg.hidden_index is not None else None)
+    rows, ref = [], None
+    for method in METHODS:
+        progress.set_postfix_str(f"{cfg.name} / {method}")
+        row = dict(base, method=method)
+        try:
+            model = make_model(method, cfg, weights, biases, args.b_th, args.surrogate)
+            res, probe = measure(model, cfg, x, labels, upstream, device, args.warmup,
+                                 args.repeats)
+            row.update(res)
+            row["step_ms"] = res["fwd_ms"] + res["bwd_ms"]
+            row["hidden_step_ms"] = (None if res["hidden_bwd_ms"] is None
+                                     else res["hidden_fwd_ms"] + res["hidden_bwd_ms"])
+            if ref is None and method == "snntorch":
+                ref = probe
+            elif ref is not None:  # cross-check against snnTorch's own gradients
+                row["out_max_abs_diff_vs_snntorch"] = (probe["out"] - ref["out"]).abs().max().item()
+                row["grad_rel_err_vs_snntorch"] = _rel_err(ref["grads"], probe["grads"])
+                row["grad_cos_vs_snntorch"] = _cosine(ref["grads"], probe["grads"])
+            del model, probe
+        except Exception as err:  # OOM, missing layer, kernel error: report and go on
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            progress.write(f"{cfg.name} / {method}: {row['error']}")
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        progress.update(1)
+    derive(rows)
+    return rows
+
+
+# ------------------------------------------------------------------------ reporting
+def machine_info(device):
+    import snntorch
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "snntorch": snntorch.__version__,
+            "snntorch_sparse": __version__, "backends": dict(BACKENDS), "gpu": None}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
+                    gpu_capability=f"{props.major}.{props.minor}",
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+def _load_average():
+    with contextlib.suppress(OSError, AttributeError):
+        return round(os.getloadavg()[0], 2)
+    return None
+
+
+def _fmt(v, kind="ms"):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if kind == "ms":
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    if kind == "MB":
+        return f"{v / 2**20:.3g}" if v < 100 * 2**20 else f"{v / 2**20:.0f}"
+    if kind == "x":
+        return f"{v:.3g}×" if v < 100 else f"{v:.0f}×"
+    if kind == "pct":
+        return f"{v:.1f}"
+    return str(v)
+
+
+def _rho(r):
+    return "/".join(f"{100 * p:.2g}" for p in r.get("rho") or []) or "—"
+
+
+def markdown(report):
+    rows = report["rows"]
+    dev = report["settings"]["device"]
+    s = report["settings"]
+    m = report["machine"]
+    load = m.get("load_average_1min") or [None, None]
+    lines = [f"Device: {dev} — {m['gpu'] or m['cpu']}; torch {m['torch']}, "
+             f"{m['torch_threads']} threads of {m['logical_cores']} logical cores "
+             f"(load average at start/end: {load[0]}/{load[1]}); kernels: "
+             f"{m['backends'].get(dev, '?')}; {report['date']}; {report['elapsed_s']:.0f} s",
+             f"Command: `{report['command']}`",
+             "",
+             f"Medians of {s['repeats']} repeats after {s['warmup']} warm-up iterations "
+             f"(+1 probe pass); B_th = {s['b_th']}, target ρ = {100 * s['rho']:g} %, "
+             f"surrogate {s['surrogate']} in all three implementations. "
+             "ρ = band activity per spiking layer (paper eq. 13). × = speedup "
+             "(ratio of medians, same run). Memory saved = paper eq. 14 on the bytes kept for "
+             "backward" + (", peak = CUDA peak above the resident weights and inputs"
+                           if dev == "cuda" else "; CPU peak allocator memory is not measured")
+             + ".", "",
+             "**Configurations** (ρ and spike rate per spiking layer, measured on the "
+             "benchmark batch)", "",
+             "| config | layers | T | B | input | β hidden / readout | ρ % | spike rate % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in report["configs"]:
+        r = next((r for r in rows if r["config"] == c["name"]), {})
+        inp = ("randn" if c["input_rate"] is None
+               else f"spikes, p = {100 * c['input_rate']:g} %")
+        beta = f"{c['beta']:.3g}" + ("" if c["beta_readout"] is None
+                                     else f" / {c['beta_readout']:.3g}")
+        rates = "/".join(f"{100 * p:.2g}" for p in r.get("spike_rate") or []) or "—"
+        lines.append(f"| {c['name']} | {'-'.join(map(str, c['sizes']))} | {c['T']} | "
+                     f"{r.get('B', '—')} | {inp} | {beta} | {_rho(r)} | {rates} |")
+    lines += ["", "**Whole step** (all layers, input → loss → ∂weights)", "",
+             "| config | B | ρ % | method | fwd ms | bwd ms | kept MB | peak MB "
+             "| bwd × snnTorch | step × snnTorch | bwd × fused dense | step × fused dense "
+             "| mem saved % vs snnTorch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['config']} | {r['B']} | {_rho(r)} | {r['method']} | "
+                         f"error: {r['error'][:80]} |||||||||")
+            continue
+        lines.append("| " + " | ".join([
+            r["config"], str(r["B"]), _rho(r), r["method"], _fmt(r["fwd_ms"]), _fmt(r["bwd_ms"]),
+            _fmt(r["kept_bytes"], "MB"), _fmt(r.get("peak_bytes"), "MB"),
+            _fmt(r.get("bwd_speedup_vs_snntorch"), "x"),
+            _fmt(r.get("step_speedup_vs_snntorch"), "x"),
+            _fmt(r.get("bwd_speedup_vs_fused_dense"), "x"),
+            _fmt(r.get("step_speedup_vs_fused_dense"), "x"),
+            _fmt(r.get("mem_saved_vs_snntorch_pct"), "pct")]) + " |")
+    hidden = [r for r in rows if r.get("hidden_bwd_ms") is not None]
+    if hidden:
+        lines += ["", "**Second hidden layer in isolation** (fixed upstream gradient; "
+                  "backward = ∂W and ∂input of this layer only)", "",
+                  "| config | ρ % | method | fwd ms | bwd ms | kept MB | peak MB "
+                  "| bwd × snnTorch | fwd+bwd × snnTorch | bwd × fused dense "
+                  "| mem saved % vs snnTorch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in hidden:
+            lines.append("| " + " | ".join([
+                r["config"], f"{100 * r['rho_hidden']:.2g}", r["method"], _fmt(r["hidden_fwd_ms"]),
+                _fmt(r["hidden_bwd_ms"]), _fmt(r["hidden_kept_bytes"], "MB"),
+                _fmt(r.get("hidden_peak_bytes"), "MB"),
+                _fmt(r.get("hidden_bwd_speedup_vs_snntorch"), "x"),
+                _fmt(r.get("hidden_step_speedup_vs_snntorch"), "x"),
+                _fmt(r.get("hidden_bwd_speedup_vs_fused_dense"), "x"),
+                _fmt(r.get("hidden_mem_saved_vs_snntorch_pct"), "pct")]) + " |")
+    checks = [r for r in rows if r.get("grad_rel_err_vs_snntorch") is not None]
+    if checks:
+        lines += ["", "**Cross-check against snnTorch** (probe pass): max |Δ output|, relative "
+                  "error and cosine of the weight gradients (worst layer)", "",
+                  "| config | method | max abs Δ out | grad rel. err | grad cosine |",
+                  "|---|---|---|---|---|"]
+        for r in checks:
+            lines.append(f"| {r['config']} | {r['method']} "
+                         f"| {r['out_max_abs_diff_vs_snntorch']:.2g} "
+                         f"| {r['grad_rel_err_vs_snntorch']:.2g} "
+                         f"| {r['grad_cos_vs_snntorch']:.4f} |")
+    if report["targets"]:
+        lines += ["", "**Targets** (issue 3; measured on fused_sparse)", "",
+                  "| target | config | required | measured | met |", "|---|---|---|---|---|"]
+        for t in report["targets"]:
+            measured = "—" if t["measured"] is None else f"{t['measured']:.3g}"
+            met = {True: "yes", False: "no", None: "not measured"}[t["met"]]
+            lines.append(f"| {t['target']} | {t['config']} | ≥ {t['required']:g} | {measured} "
+                         f"| {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_targets(rows, device):
+    out = []
+    for dev, config, required, what, key in TARGETS:
+        if dev != device:
+            continue
+        row = next((r for r in rows if r["config"] == config and r["method"] == "fused_sparse"),
+                   None)
+        if row is None:
+            continue
+        value = row.get(key)
+        out.append({"target": what, "config": config, "required": required, "key": key,
+                    "measured": value, "met": None if value is None else value >= required})
+    return out
+
+
+def plot(report, path):
+    """Speedups of fused_sparse per configuration (log scale), ρ annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["method"] == "fused_sparse" and not r.get("error")]
+    series = (("hidden_bwd_speedup_vs_snntorch", "hidden-layer bwd vs snnTorch"),
+              ("bwd_speedup_vs_snntorch", "whole bwd vs snnTorch"),
+              ("step_speedup_vs_snntorch", "whole fwd+bwd vs snnTorch"),
+              ("bwd_speedup_vs_fused_dense", "whole bwd vs fused dense"),
+              ("step_speedup_vs_fused_dense", "whole fwd+bwd vs fused dense"))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.5))
+    width = 0.8 / len(series)
+    for k, (key, label) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
+        ys = [r.get(key) or float("nan") for r in rows]
+        ax.bar(xs, ys, width, label=label)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["config"] for r in rows])
+    for i, r in enumerate(rows):
+        ax.annotate(f"ρ={_rho(r)}%", (i, 1.0), xytext=(0, -28), textcoords="offset points",
+                    ha="center", fontsize=8, annotation_clip=False)
+    ax.set_ylabel("speedup of fused sparse (×, log)")
+    machine = report["machine"]
+    ax.set_title(f"snntorch_sparse bench — {machine['gpu'] or machine['cpu']}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _clean(v):
+    """JSON-safe: NaN/inf → None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+# ------------------------------------------------------------------------------ CLI
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m snntorch_sparse bench",
+        description="Speed and memory of snnTorch per-step dense BPTT vs the fused dense and "
+                    "fused sparse SpikingLinear backward, measured in the same run.")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--config", action="append", default=None, metavar="NAME",
+                   help="configuration or group (repeatable, or comma-separated): "
+                        + ", ".join(list(GROUPS) + ["all"]) + ", or a single name (--list). "
+                        "Default: paper (cpu); paper + onb (cuda)")
+    p.add_argument("--quick", action="store_true", help="add the tiny 'quick' configurations")
+    p.add_argument("--list", action="store_true", help="list the configurations and exit")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch size of the paper configs (default {BATCH['cpu']} on CPU, "
+                        f"{BATCH['cuda']} on GPU; ONB always uses 16)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed iterations (default %d cpu, %d cuda)" % (
+                       DEFAULT_REPEATS["cpu"][0], DEFAULT_REPEATS["cuda"][0]))
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed iterations after the probe pass (default %d cpu, %d cuda)" % (
+                       DEFAULT_REPEATS["cpu"][1], DEFAULT_REPEATS["cuda"][1]))
+    p.add_argument("--rho", type=float, default=0.02,
+                   help="target band activity of each hidden layer (default 0.02)")
+    p.add_argument("--b-th", type=float, default=0.2, help="band half-width B_th (default 0.2)")
+    p.add_argument("--surrogate", choices=tuple(SURROGATES), default="atan",
+                   help="surrogate of the hidden layers in all three implementations: atan "
+                        "(alpha=2, snnTorch's default; default) or fast_sigmoid (slope=100, "
+                        "the paper's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.list:
+        for name, c in CONFIGS.items():
+            shape = "-".join(map(str, c.sizes))
+            inp = f"spikes p={c.input_rate}" if c.input_rate is not None else "randn"
+            print(f"{name:12s} {shape:22s} T={c.T:<4d} input {inp}")
+        for name, members in GROUPS.items():
+            print(f"{name:12s} = {', '.join(members)}")
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is "
+              "False)", file=sys.stderr)
+        return 2
+    device = torch.device(device)
+    repeats, warmup = DEFAULT_REPEATS[device.type]
+    args.repeats = repeats if args.repeats is None else args.repeats
+    args.warmup = warmup if args.warmup is None else args.warmup
+    if args.repeats < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
+        print("error: need --repeats >= 1, --warmup >= 0, --batch >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n for item in (args.config or []) for n in item.split(",") if n]
+    try:
+        configs = resolve_configs(names, device.type, args.quick)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    start, load_start = time.perf_counter(), _load_average()
+    rows = []
+    with tqdm(total=len(configs) * len(METHODS), desc="bench", unit="run",
+              file=sys.stderr) as progress:
+        for cfg in configs:
+            rows += bench_config(cfg, args, device, progress)
+    report = {
+        "command": "python -m snntorch_sparse bench " + shlex.join(argv),
+        "argv": list(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "settings": {"device": device.type, "repeats": args.repeats, "warmup": args.warmup,
+                     "rho": args.rho, "b_th": args.b_th, "seed": args.seed,
+                     "batch_default": args.batch or BATCH[device.type],
+                     "input_rates": INPUT_RATES, "threshold": THRESHOLD,
+                     "surrogate": "{}({})".format(
+                         SURROGATES[args.surrogate][0],
+                         ", ".join(f"{k}={v}" for k, v in SURROGATES[args.surrogate][1].items()))},
+        "configs": [asdict(c) for c in configs],
+        "rows": rows,
+        "targets": evaluate_targets(rows, device.type),
+    }
+    report["elapsed_s"] = time.perf_counter() - start
+    # Other processes on the machine distort CPU timings (most of all snnTorch's many small
+    # per-step ops): keep the 1-minute load average at start and end with the results.
+    report["machine"]["load_average_1min"] = [load_start, _load_average()]
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"bench_{device.type}")
+    with open(stem + ".json", "w") as f:
+        json.dump(_clean(report), f, indent=1)
+    table = markdown(report)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    if not args.no_plot:
+        plot(report, stem + ".png")
+    print(table)
+    print(f"wrote {stem}.json, {stem}.md" + ("" if args.no_plot else f", {stem}.png")
+          + f" in {report['elapsed_s']:.0f} s")
+    return 0

@@ -1,0 +1,144 @@
+"""The benchmark: a tiny smoke run end to end, and its pieces against hand computation."""
+
+import json
+
+import pytest
+import torch
+
+from snntorch_sparse import bench
+
+ROW_COLUMNS = (
+    "config", "method", "device", "B", "T", "rho", "spike_rate", "fwd_ms", "bwd_ms", "step_ms",
+    "kept_bytes", "peak_bytes", "hidden_fwd_ms", "hidden_bwd_ms", "hidden_kept_bytes",
+    "bwd_speedup_vs_snntorch", "step_speedup_vs_snntorch", "hidden_bwd_speedup_vs_snntorch",
+    "bwd_speedup_vs_fused_dense", "step_speedup_vs_fused_dense", "mem_saved_vs_snntorch_pct",
+    "hidden_mem_saved_vs_snntorch_pct",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = bench.main(["--device", "cpu", "--quick", "--repeats", "2", "--warmup", "0",
+                     "--out", str(out)])
+    return rc, out
+
+
+def test_quick_run_writes_json_markdown_and_plot(quick_run, capsys):
+    rc, out = quick_run
+    assert rc == 0
+    for ext in ("json", "md", "png"):
+        assert (out / f"bench_cpu.{ext}").stat().st_size > 0
+    table = (out / "bench_cpu.md").read_text()
+    assert "| quick-paper | 4 |" in table and "fused_sparse" in table
+
+
+def test_quick_run_json_has_every_column(quick_run):
+    _, out = quick_run
+    report = json.loads((out / "bench_cpu.json").read_text())
+    assert {"cpu", "torch", "torch_threads", "backends"} <= set(report["machine"])
+    assert report["command"].startswith("python -m snntorch_sparse bench --device cpu")
+    assert report["date"] and report["settings"]["repeats"] == 2
+    rows = report["rows"]
+    assert [(r["config"], r["method"]) for r in rows] == [
+        (c, m) for c in ("quick-paper", "quick-onb") for m in bench.METHODS]
+    for r in rows:
+        assert "error" not in r, r.get("error")
+        missing = [c for c in ROW_COLUMNS if c not in r]
+        assert not missing, (r["config"], r["method"], missing)
+        assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0 and r["kept_bytes"] > 0
+        assert len(r["fwd_samples_ms"]) == 2
+    paper = [r for r in rows if r["config"] == "quick-paper"]
+    onb = [r for r in rows if r["config"] == "quick-onb"]
+    assert all(r["hidden_bwd_ms"] > 0 for r in paper)       # the isolated hidden layer
+    assert all(r["hidden_bwd_ms"] is None for r in onb)      # single layer: nothing to isolate
+    sparse = paper[2]
+    assert sparse["bwd_speedup_vs_snntorch"] == pytest.approx(
+        paper[0]["bwd_ms"] / sparse["bwd_ms"])
+    assert sparse["mem_saved_vs_snntorch_pct"] == pytest.approx(
+        100 * (paper[0]["kept_bytes"] - sparse["kept_bytes"]) / paper[0]["kept_bytes"])
+
+
+def test_quick_run_calibrates_activity_and_matches_snntorch(quick_run):
+    _, out = quick_run
+    rows = json.loads((out / "bench_cpu.json").read_text())["rows"]
+    paper = {r["method"]: r for r in rows if r["config"] == "quick-paper"}
+    for rho in paper["snntorch"]["rho"]:         # both hidden layers at the 2 % target
+        assert rho == pytest.approx(0.02, abs=0.004)
+    # the fused dense layers compute snnTorch's forward and gradients
+    assert paper["fused_dense"]["out_max_abs_diff_vs_snntorch"] < 1e-4
+    assert paper["fused_dense"]["grad_rel_err_vs_snntorch"] < 1e-4
+
+
+def test_hidden_isolation_computes_the_same_gradient_in_both_forms():
+    """The per-step and fused hidden-layer backward return the same ∂W2 and ∂spk1."""
+    cfg = bench.CONFIGS["quick-paper"]
+    x, labels, weights, biases, _, upstream = bench.build_problem(
+        cfg, 4, torch.device("cpu"), 0.02, 0.2, seed=3)
+    k = cfg.hidden_index
+    grads = {}
+    for method in ("snntorch", "fused_dense"):
+        model = bench.make_model(method, cfg, weights, biases, 0.2, "atan")
+        inputs = model.hidden_input(x, k)
+        wrt = [model.weights()[k]] + model.grad_inputs(inputs)
+        g = torch.autograd.grad(model.hidden_forward(inputs, k), wrt, upstream)
+        grads[method] = (g[0], torch.stack(g[1:]).reshape(x.shape[0], 4, -1))
+    for a, b in zip(grads["snntorch"], grads["fused_dense"]):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_derive_speedups_and_memory_saved_by_hand():
+    rows = [
+        {"method": "snntorch", "bwd_ms": 100.0, "step_ms": 150.0, "hidden_bwd_ms": 40.0,
+         "hidden_step_ms": 60.0, "kept_bytes": 1000, "hidden_kept_bytes": 400,
+         "peak_bytes": None, "hidden_peak_bytes": None},
+        {"method": "fused_dense", "bwd_ms": 20.0, "step_ms": 30.0, "hidden_bwd_ms": 8.0,
+         "hidden_step_ms": 10.0, "kept_bytes": 800, "hidden_kept_bytes": 300,
+         "peak_bytes": None, "hidden_peak_bytes": None},
+        {"method": "fused_sparse", "bwd_ms": 4.0, "step_ms": 12.0, "hidden_bwd_ms": 1.0,
+         "hidden_step_ms": 3.0, "kept_bytes": 50, "hidden_kept_bytes": 20,
+         "peak_bytes": None, "hidden_peak_bytes": None},
+    ]
+    bench.derive(rows)
+    s = rows[2]
+    assert s["bwd_speedup_vs_snntorch"] == pytest.approx(25.0)
+    assert s["step_speedup_vs_snntorch"] == pytest.approx(12.5)
+    assert s["hidden_bwd_speedup_vs_snntorch"] == pytest.approx(40.0)
+    assert s["hidden_step_speedup_vs_snntorch"] == pytest.approx(20.0)
+    assert s["bwd_speedup_vs_fused_dense"] == pytest.approx(5.0)
+    assert s["mem_saved_vs_snntorch_pct"] == pytest.approx(95.0)
+    assert s["hidden_mem_saved_vs_snntorch_pct"] == pytest.approx(95.0)
+    assert s["mem_saved_vs_fused_dense_pct"] == pytest.approx(93.75)
+    assert s["peak_saved_vs_snntorch_pct"] is None           # CPU: no peak measured
+    assert rows[1]["bwd_speedup_vs_snntorch"] == pytest.approx(5.0)
+
+
+def test_targets_are_judged_on_the_sparse_row():
+    rows = [{"config": "shd", "method": "fused_sparse", "hidden_bwd_speedup_vs_snntorch": 31.0,
+             "mem_saved_vs_snntorch_pct": 89.0, "hidden_mem_saved_vs_snntorch_pct": None,
+             "step_speedup_vs_snntorch": 5.0},
+            {"config": "shd", "method": "snntorch", "hidden_bwd_speedup_vs_snntorch": 1.0}]
+    met = {t["key"]: t["met"] for t in bench.evaluate_targets(rows, "cpu")}
+    assert met == {"hidden_bwd_speedup_vs_snntorch": True, "mem_saved_vs_snntorch_pct": False,
+                   "hidden_mem_saved_vs_snntorch_pct": None, "step_speedup_vs_snntorch": True}
+
+
+def test_config_groups_resolve_in_order_without_duplicates():
+    names = [c.name for c in bench.resolve_configs(["shd", "paper", "onb-4096"], "cpu", False)]
+    assert names == ["shd", "fmnist", "nmnist", "onb-4096"]
+    assert [c.name for c in bench.resolve_configs([], "cpu", False)] == ["fmnist", "nmnist", "shd"]
+    cuda = [c.name for c in bench.resolve_configs([], "cuda", False)]
+    assert cuda[-3:] == ["onb-4096", "onb-8192", "onb-16384"]
+
+
+def test_unknown_config_is_a_clean_error(capsys, tmp_path):
+    assert bench.main(["--device", "cpu", "--config", "mnist", "--out", str(tmp_path)]) == 2
+    assert "unknown config 'mnist'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_a_one_line_error(capsys, tmp_path):
+    assert bench.main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA GPU" in err and "\n" not in err
