@@ -6,6 +6,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+# The image's default /opt/gcc miscompiles TORCH_CHECK messages in extensions: use Debian's.
+export CC=/usr/bin/gcc CXX=/usr/bin/g++
 if ls .whl/*.whl >/dev/null 2>&1; then  # snnTorch is not in the device image
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 fi

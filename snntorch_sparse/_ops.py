@@ -67,7 +67,7 @@ def _jit_build():
         extra_include_paths=[src],
         extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "--fmad=false"],  # bit-identical to the CPU in float64
         is_python_module=False,
         verbose=False,
     )
@@ -109,7 +109,8 @@ def _define_schemas():
 
 
 _LIBS = []  # keeps Python-side registrations alive
-OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "dw_spikes", "dw_trace", "dx_masked")
+OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
+       "dx_masked")
 
 
 def _fill_missing_devices(how, reason):
@@ -170,6 +171,14 @@ def _register_fakes():
     @fake("lif_bwd")
     def _(eps, beta, rbits, reset):
         return eps.new_empty(eps.shape), eps.new_empty(eps.shape[1:])
+
+    @fake("nonzero_csc")
+    def _(x, max_density):
+        # Every size depends on the data: colptr is [n_in + 1], or [0] when x is too dense.
+        ctx = torch.library.get_ctx()
+        return (x.new_empty(ctx.new_dynamic_size(), dtype=torch.int64),
+                x.new_empty(ctx.new_dynamic_size(), dtype=torch.int32),
+                x.new_empty(ctx.new_dynamic_size()))
 
     @fake("dw_spikes")
     def _(delta, colptr, rows, xvals, n_in):

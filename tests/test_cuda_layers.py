@@ -21,9 +21,10 @@ def test_two_layer_stack_matches_reference(backward, reset, in_rate):
     torch.manual_seed(1000 + int(in_rate * 100))
     T, B, n_in, n_hid, n_out = 40, 8, 96, 64, 10
     x = (torch.rand(T, B, n_in, dtype=torch.float64) < in_rate).double()
+    f64 = torch.float64  # built in float64, so β is exactly the float64 0.9
     l1 = snn.SpikingLinear(n_in, n_hid, beta=0.9, b_th=0.3, reset_mechanism=reset,
-                           backward=backward).double()
-    l2 = snn.SpikingLinear(n_hid, n_out, beta=0.9, readout=True, backward=backward).double()
+                           backward=backward, dtype=f64)
+    l2 = snn.SpikingLinear(n_hid, n_out, beta=0.9, readout=True, backward=backward, dtype=f64)
     with torch.no_grad():
         l1.weight.mul_(4.0)  # some activity in the hidden layer
     b_th = None if backward == "dense" else 0.3
@@ -60,7 +61,7 @@ def test_half_precision_layer_close_to_float64(dtype):
     layer = snn.SpikingLinear(n_in, n_out, beta=0.9, b_th=0.3)
     with torch.no_grad():
         layer.weight.mul_(4.0)
-    ref = snn.SpikingLinear(n_in, n_out, beta=0.9, b_th=0.3).double()
+    ref = snn.SpikingLinear(n_in, n_out, beta=0.9, b_th=0.3, dtype=torch.float64)
     ref.load_state_dict(layer.state_dict())
     spk_ref = ref(x.double())
     half = layer.to("cuda", dtype)

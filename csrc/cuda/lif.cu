@@ -1,0 +1,145 @@
+// CUDA kernels of the ops `lif_fwd` and `lif_bwd` (math: reference.lif_fwd / reference.lif_bwd).
+// One thread per neuron m walks the time steps; element (t, m) of a [T, M] tensor is at
+// t*M + m, so the threads of a warp touch consecutive addresses at every step.
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cuda_utils.cuh"
+
+namespace snntorch_sparse {
+namespace cuda {
+namespace {
+
+// U[t] from U[t-1] with reset flag r[t] = H(U[t-1] - theta), in snnTorch's expression order;
+// the membrane stays in opmath precision across steps, each step is rounded once on output.
+template <typename scalar_t>
+__global__ void lif_fwd_kernel(const scalar_t* __restrict__ cur, const scalar_t* __restrict__ mem0,
+                               const scalar_t* __restrict__ beta,
+                               const scalar_t* __restrict__ theta, scalar_t* __restrict__ out,
+                               int64_t T, int64_t M, int64_t reset) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < M;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const opmath_t b = static_cast<opmath_t>(beta[m]);
+    const opmath_t th = static_cast<opmath_t>(theta[m]);
+    opmath_t U = static_cast<opmath_t>(mem0[m]);
+    for (int64_t t = 0; t < T; ++t) {
+      const opmath_t r = (U - th > opmath_t(0)) ? opmath_t(1) : opmath_t(0);
+      const opmath_t I = static_cast<opmath_t>(cur[t * M + m]);
+      if (reset == SUBTRACT) {
+        U = (mul_rn(b, U) + I) - mul_rn(r, th);
+      } else if (reset == ZERO) {
+        U = mul_rn(b, mul_rn(opmath_t(1) - r, U)) + I;
+      } else {
+        U = mul_rn(b, U) + I;
+      }
+      out[t * M + m] = static_cast<scalar_t>(U);
+    }
+  }
+}
+
+// Delta[t] = eps[t] + a[t+1]*Delta[t+1] backwards in t, dmem0 = a[0]*Delta[0], with
+// a[t] = beta, or beta*(1 - r[t]) for the zero reset (r[t] = bit t*M + m of rbits).
+template <typename scalar_t>
+__global__ void lif_bwd_kernel(const scalar_t* __restrict__ eps, const scalar_t* __restrict__ beta,
+                               const int32_t* __restrict__ rbits, scalar_t* __restrict__ delta,
+                               scalar_t* __restrict__ dmem0, int64_t T, int64_t M,
+                               bool zero_reset) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < M;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const opmath_t b = static_cast<opmath_t>(beta[m]);
+    auto a = [&](int64_t t) {
+      if (!zero_reset) return b;
+      const opmath_t r = get_bit(rbits, t * M + m) ? opmath_t(1) : opmath_t(0);
+      return mul_rn(b, opmath_t(1) - r);
+    };
+    opmath_t acc = opmath_t(0);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const opmath_t e = static_cast<opmath_t>(eps[t * M + m]);
+      acc = t + 1 < T ? e + mul_rn(a(t + 1), acc) : e + opmath_t(0);
+      delta[t * M + m] = static_cast<scalar_t>(acc);
+    }
+    dmem0[m] = static_cast<scalar_t>(T > 0 ? mul_rn(a(0), acc) : opmath_t(0));
+  }
+}
+
+at::Tensor lif_fwd_cuda(const at::Tensor& cur_in, const at::Tensor& mem0_in,
+                        const at::Tensor& beta_in, const at::Tensor& theta_in, int64_t reset) {
+  constexpr const char* op = "lif_fwd";
+  check_cuda(cur_in, op, "cur");
+  check_floating(cur_in, op, "cur");
+  check_dim(cur_in, 2, op, "cur");
+  check_reset_id(reset, op);
+  const int64_t T = cur_in.size(0);
+  const int64_t M = cur_in.size(1);
+  const std::pair<const at::Tensor*, const char*> per_neuron[] = {
+      {&mem0_in, "mem0"}, {&beta_in, "beta"}, {&theta_in, "theta"}};
+  for (const auto& [t, name] : per_neuron) {
+    check_same_device(*t, cur_in, op, name);
+    check_same_dtype(*t, cur_in, op, name, "cur");
+    check_dim(*t, 1, op, name);
+    check_numel(*t, M, op, name, "one per neuron, cur.shape[1]");
+  }
+  const c10::cuda::CUDAGuard guard(cur_in.device());
+  const at::Tensor cur = cur_in.contiguous();
+  const at::Tensor mem0 = mem0_in.contiguous();
+  const at::Tensor beta = beta_in.contiguous();
+  const at::Tensor theta = theta_in.contiguous();
+  at::Tensor out = at::empty({T, M}, cur.options());
+  if (T == 0 || M == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cur.scalar_type(), "lif_fwd", [&] {
+    lif_fwd_kernel<scalar_t><<<grid_for(M), kThreads, 0, stream()>>>(
+        cur.data_ptr<scalar_t>(), mem0.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+        theta.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), T, M, reset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& eps_in,
+                                                const at::Tensor& beta_in,
+                                                const at::Tensor& rbits_in, int64_t reset) {
+  constexpr const char* op = "lif_bwd";
+  check_cuda(eps_in, op, "eps");
+  check_floating(eps_in, op, "eps");
+  check_dim(eps_in, 2, op, "eps");
+  check_reset_id(reset, op);
+  const int64_t T = eps_in.size(0);
+  const int64_t M = eps_in.size(1);
+  check_same_device(beta_in, eps_in, op, "beta");
+  check_same_dtype(beta_in, eps_in, op, "beta", "eps");
+  check_dim(beta_in, 1, op, "beta");
+  check_numel(beta_in, M, op, "beta", "one per neuron, eps.shape[1]");
+  const bool zero_reset = reset == ZERO;
+  if (zero_reset) {  // rbits is read only for the zero reset
+    check_bits(rbits_in, eps_in, op, "rbits");
+    check_numel(rbits_in, (T * M + 31) / 32, op, "rbits",
+                "one int32 word per 32 elements of eps, for reset=zero");
+  }
+  const c10::cuda::CUDAGuard guard(eps_in.device());
+  const at::Tensor eps = eps_in.contiguous();
+  const at::Tensor beta = beta_in.contiguous();
+  const at::Tensor rbits = zero_reset ? rbits_in.contiguous() : at::Tensor();
+  at::Tensor delta = at::empty({T, M}, eps.options());
+  at::Tensor dmem0 = at::empty({M}, eps.options());
+  if (M == 0) return {delta, dmem0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps.scalar_type(), "lif_bwd", [&] {
+    lif_bwd_kernel<scalar_t><<<grid_for(M), kThreads, 0, stream()>>>(
+        eps.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+        zero_reset ? rbits.data_ptr<int32_t>() : nullptr, delta.data_ptr<scalar_t>(),
+        dmem0.data_ptr<scalar_t>(), T, M, zero_reset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {delta, dmem0};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace snntorch_sparse
+
+TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
+  m.impl("lif_fwd", &snntorch_sparse::cuda::lif_fwd_cuda);
+  m.impl("lif_bwd", &snntorch_sparse::cuda::lif_bwd_cuda);
+}

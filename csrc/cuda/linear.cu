@@ -1,0 +1,296 @@
+// CUDA kernels of the fully connected layer's sparse gradients: `dw_spikes`, `dw_trace` and
+// `dx_masked` (math: the functions of the same names in snntorch_sparse/reference.py).
+// Rows of delta/eps are r = t*B + b; sparse inputs are CSC over [R, n_in] (by input neuron),
+// the active set of dw_trace is CSR over [R, n_out]. Indices outside their range are skipped
+// rather than checked on the host, which would need a device sync.
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cuda_utils.cuh"
+
+namespace snntorch_sparse {
+namespace cuda {
+namespace {
+
+// ------------------------------------------------------------------------ dw_spikes
+// Block i owns out[i, :]: its threads stride over j and sum x_k*delta[rows_k, j] over the
+// column's nonzeros k in registers, then write once. xvals == nullptr: every x_k is 1.
+template <typename scalar_t>
+__global__ void dw_spikes_kernel(const scalar_t* __restrict__ delta,
+                                 const int64_t* __restrict__ colptr,
+                                 const int32_t* __restrict__ rows,
+                                 const scalar_t* __restrict__ xvals, scalar_t* __restrict__ out,
+                                 int64_t R, int64_t n_out, int64_t nnz) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t i = blockIdx.x;
+  int64_t lo, hi;
+  clamp_range(colptr, i, nnz, lo, hi);
+  for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) {
+    opmath_t acc = opmath_t(0);
+    for (int64_t k = lo; k < hi; ++k) {
+      const int64_t r = rows[k];
+      if (r < 0 || r >= R) continue;
+      const opmath_t d = static_cast<opmath_t>(delta[r * n_out + j]);
+      acc += xvals != nullptr ? static_cast<opmath_t>(xvals[k]) * d : d;
+    }
+    out[i * n_out + j] = static_cast<scalar_t>(acc);
+  }
+}
+
+// ------------------------------------------------------------------------- dw_trace
+// Sort key of input nonzero k of column i: column-major, then batch element b, then t, so
+// that after sorting the nonzeros of one (i, b) are consecutive in time order. Rows outside
+// [0, T*B) get the column's last key, which no (b, t) looks up.
+__global__ void trace_keys_kernel(const int64_t* __restrict__ colptr,
+                                  const int32_t* __restrict__ rows, int64_t* __restrict__ keys,
+                                  int64_t T, int64_t B, int64_t nnz) {
+  const int64_t i = blockIdx.x;
+  const int64_t TB = T * B;
+  int64_t lo, hi;
+  clamp_range(colptr, i, nnz, lo, hi);
+  for (int64_t k = lo + threadIdx.x; k < hi; k += blockDim.x) {
+    const int64_t r = rows[k];
+    const bool valid = r >= 0 && r < TB;
+    keys[k] = i * (TB + 1) + (valid ? (r % B) * T + r / B : TB);
+  }
+}
+
+// First index in [lo, hi) whose key is >= key (keys sorted ascending there).
+__device__ __forceinline__ int64_t lower_bound(const int64_t* keys, int64_t lo, int64_t hi,
+                                               int64_t key) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (keys[mid] < key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// Block i (input neuron), thread b (batch element) walks t with trace = beta*trace + x[t, b, i]
+// and adds eps*trace to acc[i, j] for every active (r = t*B + b, j). Threads of a block may
+// hit the same acc[i, j], hence atomics (on a float/double accumulator).
+// keys/xs: the CSC nonzeros sorted by trace_keys_kernel's key (xs == nullptr: all ones).
+template <typename scalar_t>
+__global__ void dw_trace_kernel(const int64_t* __restrict__ rowptr,
+                                const int32_t* __restrict__ cols,
+                                const scalar_t* __restrict__ eps_vals,
+                                const int64_t* __restrict__ colptr,
+                                const int64_t* __restrict__ keys, const scalar_t* __restrict__ xs,
+                                at::opmath_type<scalar_t> beta,
+                                at::opmath_type<scalar_t>* __restrict__ acc, int64_t T, int64_t B,
+                                int64_t n_out, int64_t nnz_x, int64_t nnz_a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t i = blockIdx.x;
+  int64_t lo, hi;
+  clamp_range(colptr, i, nnz_x, lo, hi);
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    const int64_t first_key = i * (T * B + 1) + b * T;  // key of (i, b, t = 0)
+    int64_t k = lower_bound(keys, lo, hi, first_key);
+    opmath_t trace = opmath_t(0);
+    for (int64_t t = 0; t < T; ++t) {
+      opmath_t x = opmath_t(0);
+      // A repeated (r, i) overwrites, as the reference's dense assignment does.
+      for (; k < hi && keys[k] == first_key + t; ++k) {
+        x = xs != nullptr ? static_cast<opmath_t>(xs[k]) : opmath_t(1);
+      }
+      trace = beta * trace + x;
+      int64_t qlo, qhi;
+      clamp_range(rowptr, t * B + b, nnz_a, qlo, qhi);
+      for (int64_t q = qlo; q < qhi; ++q) {
+        const int64_t j = cols[q];
+        if (j < 0 || j >= n_out) continue;
+        atomicAdd(acc + i * n_out + j, static_cast<opmath_t>(eps_vals[q]) * trace);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ dx_masked
+// Rows of delta up to this many bytes (in opmath) are staged in shared memory: the default
+// dynamic shared-memory limit of a block. Longer rows are read from global memory.
+constexpr int64_t kMaxStagedBytes = 48 * 1024;
+
+// Block r: each warp takes words of the row's bits (bits r*n_in .. r*n_in + n_in - 1), skips
+// empty ones, and for each set bit i reduces dot(delta[r, :], weight_t[i, :]) over its lanes.
+// out must be zero-filled: positions without a bit are not written.
+template <typename scalar_t>
+__global__ void dx_masked_kernel(const scalar_t* __restrict__ delta,
+                                 const scalar_t* __restrict__ weight_t,
+                                 const int32_t* __restrict__ bits, scalar_t* __restrict__ out,
+                                 int64_t n_in, int64_t n_out, bool staged) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  extern __shared__ __align__(sizeof(double)) unsigned char smem[];
+  opmath_t* row = reinterpret_cast<opmath_t*>(smem);
+  const int64_t r = blockIdx.x;
+  const scalar_t* drow = delta + r * n_out;
+  if (staged) {
+    for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) row[j] = static_cast<opmath_t>(drow[j]);
+    __syncthreads();
+  }
+  const int lane = threadIdx.x & 31;
+  const int64_t first = r * n_in;  // bits of row r: [first, last)
+  const int64_t last = first + n_in;
+  const int64_t w_end = (last + 31) / 32;
+  for (int64_t w = first / 32 + threadIdx.x / 32; w < w_end; w += blockDim.x / 32) {
+    uint32_t word = static_cast<uint32_t>(bits[w]);  // the same for all lanes of the warp
+    const int64_t base = w * 32;
+    if (base < first) word &= ~0u << (first - base);          // drop the previous row's bits
+    if (base + 32 > last) word &= ~0u >> (base + 32 - last);  // and the next row's
+    while (word != 0u) {
+      const int64_t i = base + __ffs(word) - 1 - first;
+      word &= word - 1u;
+      const scalar_t* wrow = weight_t + i * n_out;
+      opmath_t sum = opmath_t(0);
+      for (int64_t j = lane; j < n_out; j += 32) {
+        const opmath_t d = staged ? row[j] : static_cast<opmath_t>(drow[j]);
+        sum += d * static_cast<opmath_t>(wrow[j]);
+      }
+      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+      if (lane == 0) out[first + i] = static_cast<scalar_t>(sum);
+    }
+  }
+}
+
+// --------------------------------------------------------------------------- host
+// The CSC input of dw_spikes/dw_trace, checked.
+struct Csc {
+  at::Tensor colptr, rows, xvals;
+  int64_t n_in, nnz;
+};
+
+Csc csc_arg(const at::Tensor& colptr_in, const at::Tensor& rows_in, const at::Tensor& xvals_in,
+            const at::Tensor& first, const char* op, const char* dtype_name) {
+  Csc c;
+  c.colptr = index_arg(colptr_in, at::kLong, first, op, "colptr");
+  c.rows = index_arg(rows_in, at::kInt, first, op, "rows");
+  TORCH_CHECK(c.colptr.numel() >= 1, op, ": `colptr` must have n_in + 1 elements, got 0");
+  c.n_in = c.colptr.numel() - 1;
+  c.nnz = c.rows.numel();
+  check_same_device(xvals_in, first, op, "xvals");
+  check_same_dtype(xvals_in, first, op, "xvals", dtype_name);
+  check_dim(xvals_in, 1, op, "xvals");
+  TORCH_CHECK(xvals_in.numel() == 0 || xvals_in.numel() == c.nnz, op,
+              ": `xvals` must be empty (all ones) or have one value per entry of `rows` (", c.nnz,
+              "), got ", xvals_in.numel());
+  c.xvals = xvals_in.contiguous();
+  return c;
+}
+
+at::Tensor dw_spikes_cuda(const at::Tensor& delta_in, const at::Tensor& colptr_in,
+                          const at::Tensor& rows_in, const at::Tensor& xvals_in, int64_t n_in) {
+  constexpr const char* op = "dw_spikes";
+  check_cuda(delta_in, op, "delta");
+  check_floating(delta_in, op, "delta");
+  check_dim(delta_in, 2, op, "delta");
+  TORCH_CHECK(n_in >= 0, op, ": `n_in` must be >= 0, got ", n_in);
+  const Csc x = csc_arg(colptr_in, rows_in, xvals_in, delta_in, op, "delta");
+  check_numel(x.colptr, n_in + 1, op, "colptr", "n_in + 1");
+  const c10::cuda::CUDAGuard guard(delta_in.device());
+  const at::Tensor delta = delta_in.contiguous();
+  const int64_t R = delta.size(0);
+  const int64_t n_out = delta.size(1);
+  at::Tensor out = at::empty({n_in, n_out}, delta.options());
+  if (n_in == 0 || n_out == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "dw_spikes", [&] {
+    dw_spikes_kernel<scalar_t><<<block_per_item(n_in, op, "input neurons"), threads_for(n_out), 0, stream()>>>(
+        delta.data_ptr<scalar_t>(), x.colptr.data_ptr<int64_t>(), x.rows.data_ptr<int32_t>(),
+        x.xvals.numel() ? x.xvals.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), R,
+        n_out, x.nnz);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
+                         const at::Tensor& eps_vals_in, const at::Tensor& colptr_in,
+                         const at::Tensor& rows_in, const at::Tensor& xvals_in, double beta,
+                         int64_t T, int64_t B, int64_t n_out) {
+  constexpr const char* op = "dw_trace";
+  check_cuda(eps_vals_in, op, "eps_vals");
+  check_floating(eps_vals_in, op, "eps_vals");
+  check_dim(eps_vals_in, 1, op, "eps_vals");
+  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, op, ": `T`, `B` and `n_out` must be >= 0, got ", T, ", ",
+              B, ", ", n_out);
+  const at::Tensor rowptr = index_arg(rowptr_in, at::kLong, eps_vals_in, op, "rowptr");
+  const at::Tensor cols = index_arg(cols_in, at::kInt, eps_vals_in, op, "cols");
+  check_numel(rowptr, T * B + 1, op, "rowptr", "T*B + 1");
+  check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
+  const Csc x = csc_arg(colptr_in, rows_in, xvals_in, eps_vals_in, op, "eps_vals");
+  const c10::cuda::CUDAGuard guard(eps_vals_in.device());
+  const at::Tensor eps_vals = eps_vals_in.contiguous();
+  const auto opmath_dtype = at::toOpMathType(eps_vals.scalar_type());
+  at::Tensor acc = at::zeros({x.n_in, n_out}, eps_vals.options().dtype(opmath_dtype));
+  if (x.n_in > 0 && n_out > 0 && T * B > 0) {
+    // Order the nonzeros of each column by (b, t) so that thread b finds x[t, b, i] in step.
+    at::Tensor keys = at::empty({x.nnz}, x.colptr.options());
+    if (x.nnz > 0) {
+      trace_keys_kernel<<<block_per_item(x.n_in, op, "input neurons"), kThreads, 0, stream()>>>(
+          x.colptr.data_ptr<int64_t>(), x.rows.data_ptr<int32_t>(), keys.data_ptr<int64_t>(), T,
+          B, x.nnz);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    at::Tensor sorted_keys, perm;
+    std::tie(sorted_keys, perm) = at::sort(keys);
+    const at::Tensor xs = x.xvals.numel() ? x.xvals.index_select(0, perm) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps_vals.scalar_type(), "dw_trace", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      dw_trace_kernel<scalar_t><<<block_per_item(x.n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
+          rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(),
+          x.colptr.data_ptr<int64_t>(), sorted_keys.data_ptr<int64_t>(),
+          xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, static_cast<opmath_t>(beta),
+          acc.data_ptr<opmath_t>(), T, B, n_out, x.nnz, eps_vals.numel());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return acc.to(eps_vals.scalar_type());  // no copy when the dtype is already float/double
+}
+
+at::Tensor dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& weight_t_in,
+                          const at::Tensor& bits_in) {
+  constexpr const char* op = "dx_masked";
+  check_cuda(delta_in, op, "delta");
+  check_floating(delta_in, op, "delta");
+  check_dim(delta_in, 2, op, "delta");
+  check_same_device(weight_t_in, delta_in, op, "weight_t");
+  check_same_dtype(weight_t_in, delta_in, op, "weight_t", "delta");
+  check_dim(weight_t_in, 2, op, "weight_t");
+  TORCH_CHECK(weight_t_in.size(1) == delta_in.size(1), op,
+              ": `weight_t` must be [n_in, n_out] with n_out = delta.shape[1] = ", delta_in.size(1),
+              ", got shape ", weight_t_in.sizes());
+  const int64_t R = delta_in.size(0);
+  const int64_t n_in = weight_t_in.size(0);
+  const int64_t n_out = delta_in.size(1);
+  check_bits(bits_in, delta_in, op, "bits");
+  check_numel(bits_in, (R * n_in + 31) / 32, op, "bits",
+              "one int32 word per 32 elements of the [delta.shape[0], weight_t.shape[0]] output");
+  const c10::cuda::CUDAGuard guard(delta_in.device());
+  const at::Tensor delta = delta_in.contiguous();
+  const at::Tensor weight_t = weight_t_in.contiguous();
+  const at::Tensor bits = bits_in.contiguous();
+  at::Tensor out = at::zeros({R, n_in}, delta.options());
+  if (R == 0 || n_in == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "dx_masked", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const int64_t row_bytes = n_out * static_cast<int64_t>(sizeof(opmath_t));
+    const bool staged = row_bytes <= kMaxStagedBytes;
+    dx_masked_kernel<scalar_t><<<block_per_item(R, op, "rows"), kThreads, staged ? row_bytes : 0, stream()>>>(
+        delta.data_ptr<scalar_t>(), weight_t.data_ptr<scalar_t>(), bits.data_ptr<int32_t>(),
+        out.data_ptr<scalar_t>(), n_in, n_out, staged);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace snntorch_sparse
+
+TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
+  m.impl("dw_spikes", &snntorch_sparse::cuda::dw_spikes_cuda);
+  m.impl("dw_trace", &snntorch_sparse::cuda::dw_trace_cuda);
+  m.impl("dx_masked", &snntorch_sparse::cuda::dx_masked_cuda);
+}
