@@ -17,7 +17,8 @@ t0=$(date +%s)
 python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m snntorch_sparse info | tee "$OUT/info.txt"
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/test_ops_cuda.py tests/test_cuda_layers.py tests/test_ops.py} 2>&1 | tee "$OUT/tests.log" | tail -15
+timeout ${TEST_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_cuda_layers.py 2>&1 | tee "$OUT/tests_ops.log" | tail -8
+timeout ${TEST_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_pack.py tests/test_fused.py tests/test_spiking_linear.py 2>&1 | tee "$OUT/tests_layers.log" | tail -8
 timeout ${BENCH_TIMEOUT:-200} python3 -m snntorch_sparse bench --device cuda --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40
 if [ -n "${DEMO:-}" ]; then
   timeout 120 python3 -m snntorch_sparse demo --device cuda --out "$OUT/demo" 2>&1 | tail -15

@@ -21,6 +21,8 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("lif_fwd(Tensor cur, Tensor mem0, Tensor beta, Tensor theta, int reset) -> Tensor");
   // Reverse scan Delta[t] = eps[t] + a[t+1]*Delta[t+1]; returns (Delta, dmem0).
   m.def("lif_bwd(Tensor eps, Tensor beta, Tensor rbits, int reset) -> (Tensor, Tensor)");
+  // The nonzeros of x [R, n_in] by column (CSC; empty outputs when denser than max_density).
+  m.def("nonzero_csc(Tensor x, float max_density) -> (Tensor colptr, Tensor rows, Tensor xvals)");
   // Weight gradient (transposed) from the input nonzeros, CSC by input neuron.
   m.def("dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int n_in) -> Tensor");
   // Weight gradient (transposed) from the active output set and input traces.

@@ -322,22 +322,11 @@ def compact_input(x2d):
     ``rows[colptr[i]:colptr[i+1]]`` (ascending); ``xvals`` holds the values, or is empty
     when every nonzero equals 1 (spikes). None when ``nnz > COMPACT_INPUT_MAX_DENSITY·numel``.
     """
-    nz = x2d != 0
-    # Host sync: nnz decides the storage and sizes the index arrays.
-    nnz = int(torch.count_nonzero(nz))
-    if nnz > COMPACT_INPUT_MAX_DENSITY * x2d.numel():
+    # One compiled op (reference.nonzero_csc); its host sync reads nnz and the 0/1 flag.
+    colptr, rows, xvals = ops.nonzero_csc(x2d, COMPACT_INPUT_MAX_DENSITY)
+    if colptr.numel() == 0:  # too dense (a kept input always has n_in + 1 >= 1 pointers)
         return None
-    R, n_in = x2d.shape
-    # Column-major enumeration via the one-byte transposed mask: linear in numel, no sort.
-    k = torch.nonzero_static(nz.t().contiguous().view(-1), size=nnz).view(-1)
-    col = torch.div(k, R, rounding_mode="floor")
-    row = k - col * R
-    colptr = torch.searchsorted(col, torch.arange(n_in + 1, device=x2d.device))
-    xvals = x2d[row, col]
-    # Host sync: spikes (every nonzero is 1) need no values.
-    if not bool((xvals != 1).any()):
-        xvals = x2d.new_empty(0)
-    return colptr, row.to(torch.int32), xvals
+    return colptr, rows, xvals
 
 
 def _active_csr(bits, nnz, R, n_out):

@@ -155,6 +155,38 @@ def lif_bwd(eps, beta, rbits, reset):
     return delta, a[0] * delta[0]
 
 
+def nonzero_csc(x, max_density):
+    """Op ``nonzero_csc``: the nonzeros of ``x [R, n_in]`` by column (CSC), the input
+    format of :func:`dw_spikes` / :func:`dw_trace`.
+
+    Returns ``(colptr int64 [n_in+1], rows int32 [nnz], xvals)``: column ``i`` owns
+    ``k ∈ [colptr[i], colptr[i+1])`` with ``rows`` ascending; ``xvals`` holds ``x[rows_k, i]``
+    in the same order, or is empty when every nonzero equals 1 (spikes). When
+    ``nnz > max_density·numel`` all three are empty ("too dense, keep ``x`` as is").
+
+    Example::
+
+        >>> x = torch.tensor([[0., 1.], [1., 0.], [0., 1.]])
+        >>> nonzero_csc(x, 0.5)
+        (tensor([0, 1, 3]), tensor([1, 0, 2], dtype=torch.int32), tensor([]))
+    """
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"nonzero_csc: `x` must be a 2-D floating-point tensor [R, n_in], "
+                         f"got {x.dtype} of shape {tuple(x.shape)}")
+    nzt = x.t() != 0
+    nnz = int(nzt.sum())
+    if nnz > max_density * x.numel():
+        return (torch.empty(0, dtype=torch.int64, device=x.device),
+                torch.empty(0, dtype=torch.int32, device=x.device), x.new_empty(0))
+    col, rows = nzt.nonzero(as_tuple=True)  # row-major over x.t(): by column, rows ascending
+    colptr = torch.zeros(x.shape[1] + 1, dtype=torch.int64, device=x.device)
+    colptr[1:] = torch.cumsum(nzt.sum(1), 0)
+    xvals = x[rows, col]
+    if not bool((xvals != 1).any()):
+        xvals = x.new_empty(0)
+    return colptr, rows.to(torch.int32), xvals
+
+
 def dw_spikes(delta, colptr, rows, xvals, n_in):
     """Op ``dw_spikes``: ``dWᵀ[i, :] = Σ_k x_k·Δ[rows_k, :]`` over input nonzeros.
 

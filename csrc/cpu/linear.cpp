@@ -1,0 +1,305 @@
+// CPU kernels of the fully connected layer's sparse gradients: `dw_spikes`, `dw_trace`
+// and `dx_masked` (math: the functions of the same name in reference.py).
+//
+// Every output row belongs to exactly one thread (input neuron i for the weight
+// gradients, sample-step r for the input gradient), so there are no atomics, and the
+// innermost loops run over contiguous memory.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+
+// The weight/input gradients are arithmetic-bound once their data sits in cache, so
+// their per-thread workers are compiled for several vector widths and the best one for
+// the running CPU is picked at load time (GCC function multiversioning). Their results
+// are compared with a tolerance anyway (sums run in a different order than a GEMM).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SNN_VECTOR_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define SNN_VECTOR_CLONES
+#endif
+
+namespace snntorch_sparse {
+namespace {
+
+using at::Tensor;
+
+void check_float(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": `", name,
+              "` must be float32 or float64, got ", t.scalar_type());
+}
+
+void check_index(const Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": `", name, "` must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, op, ": `", name, "` must be 1-D, got shape ", t.sizes());
+}
+
+// A compressed sparse structure (CSC by input column or CSR by row): `ptr` int64
+// [n_major + 1] running from 0 to nnz without decreasing, `idx` int32 [nnz] in [0, n_minor).
+// Checked before any kernel indexes memory with it.
+void check_compressed(const Tensor& ptr, const Tensor& idx, int64_t n_major, int64_t n_minor,
+                      const char* op, const char* ptr_name, const char* idx_name) {
+  check_index(ptr, at::kLong, op, ptr_name);
+  check_index(idx, at::kInt, op, idx_name);
+  TORCH_CHECK(ptr.numel() == n_major + 1, op, ": `", ptr_name, "` must have ", n_major + 1,
+              " entries, got ", ptr.numel());
+  const Tensor p = ptr.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  TORCH_CHECK(pp[0] == 0 && pp[n_major] == idx.numel(), op, ": `", ptr_name, "` must run from 0 to len(",
+              idx_name, ") = ", idx.numel(), ", got ", pp[0], " .. ", pp[n_major]);
+  for (int64_t k = 0; k < n_major; ++k)
+    TORCH_CHECK(pp[k] <= pp[k + 1], op, ": `", ptr_name, "` must not decrease (entry ", k + 1, ")");
+  if (idx.numel()) {
+    const int64_t lo = idx.min().item<int32_t>(), hi = idx.max().item<int32_t>();
+    TORCH_CHECK(lo >= 0 && hi < n_minor, op, ": `", idx_name, "` must lie in [0, ", n_minor,
+                "), got values in [", lo, ", ", hi, "]");
+  }
+}
+
+// `xvals`: empty (binary input, every value 1) or one value per input nonzero.
+void check_xvals(const Tensor& xvals, const Tensor& like, int64_t nnz, const char* op,
+                 const char* like_name) {
+  check_float(xvals, op, "xvals");
+  TORCH_CHECK(xvals.scalar_type() == like.scalar_type(), op, ": `xvals` must have the dtype of `",
+              like_name, "` (", like.scalar_type(), "), got ", xvals.scalar_type());
+  TORCH_CHECK(xvals.numel() == 0 || (xvals.dim() == 1 && xvals.numel() == nnz), op,
+              ": `xvals` must be empty (binary input) or have one value per entry of `rows` (", nnz,
+              "), got shape ", xvals.sizes());
+}
+
+// dw_spikes: bytes of the delta row tile that the input columns of a thread sweep together.
+constexpr int64_t kTileBytes = 384 << 10;
+
+// o[:] += x_k * d[rows_k, :] for G consecutive k in one pass over o (fewer loads and
+// stores of o). Per element the adds still run in k order, as the reference's index_add.
+template <typename T, int G>
+inline void add_rows(T* __restrict o, const T* delta, const int32_t* rows, const T* xvals, int64_t k,
+                     int64_t n) {
+  const T* __restrict d[G];
+  T x[G];
+  for (int g = 0; g < G; ++g) {
+    d[g] = delta + rows[k + g] * n;
+    x[g] = xvals ? xvals[k + g] : T(1);
+  }
+  if (xvals) {
+    for (int64_t j = 0; j < n; ++j) {
+      T s = o[j];
+      for (int g = 0; g < G; ++g) s += x[g] * d[g][j];
+      o[j] = s;
+    }
+  } else {  // binary input: x = 1 exactly, skip the products
+    for (int64_t j = 0; j < n; ++j) {
+      T s = o[j];
+      for (int g = 0; g < G; ++g) s += d[g][j];
+      o[j] = s;
+    }
+  }
+}
+
+// Output rows [i0, i1) of dw_spikes. A delta row is read by every input column that
+// spiked in it (~n_in*activity of them): reading it once per input nonzero streams
+// delta from memory again and again, so the columns sweep delta in row tiles together
+// and the tile stays in cache.
+template <typename T>
+SNN_VECTOR_CLONES void dw_spikes_cols(const T* delta, const int64_t* colptr, const int32_t* rows,
+                                      const T* xvals, T* out, int64_t R, int64_t n_out, int64_t i0,
+                                      int64_t i1) {
+  std::fill(out + i0 * n_out, out + i1 * n_out, T(0));
+  const int64_t row_tile = std::max<int64_t>(1, kTileBytes / (std::max<int64_t>(n_out, 1) * sizeof(T)));
+  std::vector<int64_t> next(colptr + i0, colptr + i1);  // next unread input of each column
+  // Unsorted rows are still all consumed: the last tile's bound is R.
+  for (int64_t r_end = std::min(R, row_tile);; r_end = std::min(R, r_end + row_tile)) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t k = next[i - i0];
+      int64_t k1 = k;
+      while (k1 < colptr[i + 1] && rows[k1] < r_end) ++k1;
+      next[i - i0] = k1;
+      T* o = out + i * n_out;
+      for (; k + 4 <= k1; k += 4) add_rows<T, 4>(o, delta, rows, xvals, k, n_out);
+      switch (k1 - k) {
+        case 3: add_rows<T, 3>(o, delta, rows, xvals, k, n_out); break;
+        case 2: add_rows<T, 2>(o, delta, rows, xvals, k, n_out); break;
+        case 1: add_rows<T, 1>(o, delta, rows, xvals, k, n_out); break;
+        default: break;
+      }
+    }
+    if (r_end >= R) break;
+  }
+}
+
+Tensor dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor& rows,
+                     const Tensor& xvals_in, int64_t n_in) {
+  check_float(delta_in, "dw_spikes", "delta");
+  TORCH_CHECK(delta_in.dim() == 2, "dw_spikes: `delta` must have shape [R, n_out], got ", delta_in.sizes());
+  TORCH_CHECK(n_in >= 0, "dw_spikes: `n_in` must be >= 0, got ", n_in);
+  const int64_t R = delta_in.size(0), n_out = delta_in.size(1);
+  check_compressed(colptr, rows, n_in, R, "dw_spikes", "colptr", "rows");
+  check_xvals(xvals_in, delta_in, rows.numel(), "dw_spikes", "delta");
+  const Tensor delta = delta_in.contiguous(), cp = colptr.contiguous(), rw = rows.contiguous(),
+               xvals = xvals_in.contiguous();
+  Tensor out = at::empty({n_in, n_out}, delta.options());
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dw_spikes_cpu", [&] {
+    at::parallel_for(0, n_in, 1, [&](int64_t i0, int64_t i1) {
+      dw_spikes_cols<scalar_t>(delta.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
+                               rw.const_data_ptr<int32_t>(),
+                               xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
+                               out.mutable_data_ptr<scalar_t>(), R, n_out, i0, i1);
+    });
+  });
+  return out;
+}
+
+// dw_trace: input columns per block (256 bytes of a trace row); a block's traces are
+// updated and scattered as one short contiguous vector per (row, output).
+template <typename T>
+constexpr int64_t kTraceCols = 256 / sizeof(T);
+
+// a[0:N] += e * x[0:N]
+template <typename T, int64_t N>
+inline void axpy(T* __restrict a, const T* __restrict x, T e) {
+  for (int64_t c = 0; c < N; ++c) a[c] += e * x[c];
+}
+
+// Output rows [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
+// block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= out[i, j]).
+template <typename T>
+SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols, const T* eps,
+                                      const int64_t* colptr, const int32_t* rows, const T* xvals,
+                                      T beta, int64_t steps, int64_t B, int64_t n_out, int64_t n_in,
+                                      int64_t i0, T* out, std::vector<T>& trace, std::vector<T>& acc) {
+  constexpr int64_t C = kTraceCols<T>;
+  trace.assign(B * C, T(0));
+  acc.assign(n_out * C, T(0));
+  int64_t ptr[C], end[C], last[C];
+  for (int64_t c = 0; c < C; ++c) {
+    const bool in = i0 + c < n_in;
+    ptr[c] = in ? colptr[i0 + c] : 0;
+    end[c] = in ? colptr[i0 + c + 1] : 0;
+    last[c] = -1;
+  }
+  for (int64_t t = 0; t < steps; ++t) {
+    // trace[t] = beta * trace[t-1] + X[t]; X[t] is sparse, so decay all, then add.
+    for (int64_t k = 0; k < B * C; ++k) trace[k] = beta * trace[k];
+    const int64_t r_end = (t + 1) * B;
+    for (int64_t c = 0; c < C; ++c) {
+      for (; ptr[c] < end[c] && rows[ptr[c]] < r_end; ++ptr[c]) {
+        const int64_t r = rows[ptr[c]];
+        // Sorted rows are what lets the pointer advance with t; they also keep
+        // r - t*B in [0, B), since the previous step stopped at a row >= t*B.
+        TORCH_CHECK(r > last[c], "dw_trace: `rows` must be strictly increasing within each column "
+                    "(column ", i0 + c, ")");
+        last[c] = r;
+        trace[(r - t * B) * C + c] += xvals ? xvals[ptr[c]] : T(1);
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r = t * B + b;
+      const T* tr = trace.data() + b * C;
+      for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) axpy<T, C>(acc.data() + cols[k] * C, tr, eps[k]);
+    }
+  }
+  for (int64_t c = 0; c < C && i0 + c < n_in; ++c)
+    for (int64_t j = 0; j < n_out; ++j) out[(i0 + c) * n_out + j] = acc[j * C + c];
+}
+
+Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in, const Tensor& colptr,
+                    const Tensor& rows, const Tensor& xvals_in, double beta, int64_t T, int64_t B,
+                    int64_t n_out) {
+  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, "dw_trace: `T`, `B` and `n_out` must be >= 0, got ", T,
+              ", ", B, ", ", n_out);
+  check_float(eps_in, "dw_trace", "eps_vals");
+  TORCH_CHECK(eps_in.dim() == 1 && eps_in.numel() == cols.numel(),
+              "dw_trace: `eps_vals` must be 1-D with one value per entry of `cols` (", cols.numel(),
+              "), got shape ", eps_in.sizes());
+  check_compressed(rowptr, cols, T * B, n_out, "dw_trace", "rowptr", "cols");
+  TORCH_CHECK(colptr.dim() == 1 && colptr.numel() >= 1,
+              "dw_trace: `colptr` must be 1-D with n_in + 1 entries, got shape ", colptr.sizes());
+  const int64_t n_in = colptr.numel() - 1;
+  check_compressed(colptr, rows, n_in, T * B, "dw_trace", "colptr", "rows");
+  check_xvals(xvals_in, eps_in, rows.numel(), "dw_trace", "eps_vals");
+  const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous(),
+               cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
+  Tensor out = at::empty({n_in, n_out}, eps.options());
+  AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
+    constexpr int64_t C = kTraceCols<scalar_t>;
+    at::parallel_for(0, (n_in + C - 1) / C, 1, [&](int64_t k0, int64_t k1) {
+      std::vector<scalar_t> trace, acc;  // per thread, reused across blocks
+      for (int64_t k = k0; k < k1; ++k)
+        dw_trace_block<scalar_t>(rp.const_data_ptr<int64_t>(), cl.const_data_ptr<int32_t>(),
+                                 eps.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
+                                 rw.const_data_ptr<int32_t>(),
+                                 xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
+                                 static_cast<scalar_t>(beta), T, B, n_out, n_in, k * C,
+                                 out.mutable_data_ptr<scalar_t>(), trace, acc);
+    });
+  });
+  return out;
+}
+
+// Rows [r0, r1) of dx_masked: a dot product per set bit, zeros elsewhere.
+template <typename T>
+SNN_VECTOR_CLONES void dx_masked_rows(const T* delta, const T* wt, const int32_t* bits, T* out,
+                                      int64_t n_in, int64_t n_out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* o = out + r * n_in;
+    std::fill(o, o + n_in, T(0));
+    const T* __restrict d = delta + r * n_out;
+    const int64_t k0 = r * n_in, k1 = k0 + n_in;
+    for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+      // Keep the bits of this word that belong to row r.
+      const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+      const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
+      for (uint32_t word = static_cast<uint32_t>(bits[w]) & mask; word; word &= word - 1) {
+        const int64_t i = w * 32 + __builtin_ctz(word) - k0;
+        const T* __restrict wi = wt + i * n_out;
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n_out; ++j) s += d[j] * wi[j];
+        o[i] = s;
+      }
+    }
+  }
+}
+
+Tensor dx_masked_cpu(const Tensor& delta_in, const Tensor& wt_in, const Tensor& bits_in) {
+  check_float(delta_in, "dx_masked", "delta");
+  check_float(wt_in, "dx_masked", "weight_t");
+  TORCH_CHECK(wt_in.scalar_type() == delta_in.scalar_type(), "dx_masked: `weight_t` must have the dtype of `delta` (",
+              delta_in.scalar_type(), "), got ", wt_in.scalar_type());
+  TORCH_CHECK(delta_in.dim() == 2, "dx_masked: `delta` must have shape [R, n_out], got ", delta_in.sizes());
+  TORCH_CHECK(wt_in.dim() == 2 && wt_in.size(1) == delta_in.size(1),
+              "dx_masked: `weight_t` must have shape [n_in, n_out] with n_out = ", delta_in.size(1), ", got ",
+              wt_in.sizes());
+  check_index(bits_in, at::kInt, "dx_masked", "bits");
+  const int64_t R = delta_in.size(0), n_out = delta_in.size(1), n_in = wt_in.size(0);
+  TORCH_CHECK(bits_in.numel() == (R * n_in + 31) / 32, "dx_masked: `bits` must have ceil(R*n_in/32) = ",
+              (R * n_in + 31) / 32, " words, got ", bits_in.numel());
+  const Tensor delta = delta_in.contiguous(), wt = wt_in.contiguous(), bits = bits_in.contiguous();
+  Tensor out = at::empty({R, n_in}, delta.options());
+  if (R * n_in == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dx_masked_cpu", [&] {
+    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+      dx_masked_rows<scalar_t>(delta.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
+                               bits.const_data_ptr<int32_t>(), out.mutable_data_ptr<scalar_t>(), n_in,
+                               n_out, r0, r1);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
+  m.impl("dw_spikes", &dw_spikes_cpu);
+  m.impl("dw_trace", &dw_trace_cpu);
+  m.impl("dx_masked", &dx_masked_cpu);
+}
+
+}  // namespace snntorch_sparse
