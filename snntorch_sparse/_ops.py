@@ -65,7 +65,7 @@ def _jit_build():
         name="snntorch_sparse_jit",
         sources=sources,
         extra_include_paths=[src],
-        extra_cflags=["-O3", "-fopenmp"],
+        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"],
         extra_ldflags=["-fopenmp"],
         extra_cuda_cflags=["-O3", "--fmad=false"],  # bit-identical to the CPU in float64
         is_python_module=False,

@@ -43,7 +43,9 @@ void check_reset(int64_t reset, const char* op) {
               ": `reset` must be 0 (subtract), 1 (zero) or 2 (none), got ", reset);
 }
 
-// Expression order as reference.lif_fwd (snnTorch's Leaky), so float64 is bit-identical.
+// Expression order as reference.lif_fwd (snnTorch's Leaky), so float64 is bit-identical
+// (as long as the compiler does not fuse multiply-adds: -ffp-contract=off). GCC
+// vectorises the reset's select only with -fno-trapping-math, as torch is built.
 template <typename T, int64_t R>
 void lif_fwd_block(const T* cur, const T* mem0, const T* beta, const T* theta, T* out,
                    int64_t steps, int64_t M, int64_t m0, int64_t m1) {
@@ -95,18 +97,33 @@ Tensor lif_fwd_cpu(const Tensor& cur_in, const Tensor& mem0_in, const Tensor& be
   return out;
 }
 
-// Reverse scan; a[t] = beta (subtract/none) or beta*(1 - r[t]) (zero), as reference.lif_bwd.
+// Reverse scan, as reference.lif_bwd: Delta[t] = eps[t] + a[t+1]*Delta[t+1] with
+// a[t] = beta (subtract/none) or beta*(1 - r[t]) (zero).
 template <typename T, bool kZero>
 void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, T* dmem0,
                    int64_t steps, int64_t M, int64_t m0, int64_t m1) {
   const int64_t n = m1 - m0;
-  const T* __restrict be = beta + m0;
-  auto a = [&](int64_t t, int64_t j) {
+  const T* be = beta + m0;
+  T buf[kZero ? kBlock : 1];
+  // a[t] over the block. For the zero reset beta*(1 - 0) is beta itself, so only the
+  // set bits of r[t] (the few neurons that fired) need beta*(1 - 1).
+  auto decay = [&](int64_t t) -> const T* {
     if constexpr (kZero) {
-      return be[j] * (T(1) - (get_bit(rbits, t * M + m0 + j) ? T(1) : T(0)));
+      std::copy(be, be + n, buf);
+      const int64_t k0 = t * M + m0, k1 = k0 + n;
+      for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+        // keep the bits of this word that fall in [k0, k1)
+        const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+        const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
+        for (uint32_t word = static_cast<uint32_t>(rbits[w]) & mask; word; word &= word - 1) {
+          const int64_t j = w * 32 + __builtin_ctz(word) - k0;
+          buf[j] = be[j] * (T(1) - T(1));
+        }
+      }
+      return buf;
     } else {
       (void)t;
-      return be[j];
+      return be;
     }
   };
   {
@@ -116,12 +133,14 @@ void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, 
     for (int64_t j = 0; j < n; ++j) d[j] = e[j] + T(0);
   }
   for (int64_t t = steps - 2; t >= 0; --t) {
+    const T* __restrict a = decay(t + 1);
     const T* __restrict e = eps + t * M + m0;
     const T* __restrict next = delta + (t + 1) * M + m0;
     T* __restrict d = delta + t * M + m0;
-    for (int64_t j = 0; j < n; ++j) d[j] = e[j] + a(t + 1, j) * next[j];
+    for (int64_t j = 0; j < n; ++j) d[j] = e[j] + a[j] * next[j];
   }
-  for (int64_t j = 0; j < n; ++j) dmem0[m0 + j] = a(0, j) * delta[m0 + j];
+  const T* __restrict a = decay(0);
+  for (int64_t j = 0; j < n; ++j) dmem0[m0 + j] = a[j] * delta[m0 + j];
 }
 
 std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_in,

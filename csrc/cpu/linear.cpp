@@ -18,6 +18,8 @@
 // their per-thread workers are compiled for several vector widths and the best one for
 // the running CPU is picked at load time (GCC function multiversioning). Their results
 // are compared with a tolerance anyway (sums run in a different order than a GEMM).
+// The workers must not throw: with GCC 12.2 an exception unwinding out of a clone
+// corrupted the caller's frame (a crash). Inputs are checked, and buffers allocated, before the call.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define SNN_VECTOR_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
 #else
@@ -107,13 +109,14 @@ inline void add_rows(T* __restrict o, const T* delta, const int32_t* rows, const
 // spiked in it (~n_in*activity of them): reading it once per input nonzero streams
 // delta from memory again and again, so the columns sweep delta in row tiles together
 // and the tile stays in cache.
+// `next` (i1 - i0 entries) is scratch: the next unread input of each column.
 template <typename T>
 SNN_VECTOR_CLONES void dw_spikes_cols(const T* delta, const int64_t* colptr, const int32_t* rows,
                                       const T* xvals, T* out, int64_t R, int64_t n_out, int64_t i0,
-                                      int64_t i1) {
+                                      int64_t i1, int64_t* next) {
   std::fill(out + i0 * n_out, out + i1 * n_out, T(0));
+  std::copy(colptr + i0, colptr + i1, next);
   const int64_t row_tile = std::max<int64_t>(1, kTileBytes / (std::max<int64_t>(n_out, 1) * sizeof(T)));
-  std::vector<int64_t> next(colptr + i0, colptr + i1);  // next unread input of each column
   // Unsorted rows are still all consumed: the last tile's bound is R.
   for (int64_t r_end = std::min(R, row_tile);; r_end = std::min(R, r_end + row_tile)) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -147,10 +150,11 @@ Tensor dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor&
   Tensor out = at::empty({n_in, n_out}, delta.options());
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dw_spikes_cpu", [&] {
     at::parallel_for(0, n_in, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<int64_t> next(i1 - i0);
       dw_spikes_cols<scalar_t>(delta.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
                                rw.const_data_ptr<int32_t>(),
                                xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
-                               out.mutable_data_ptr<scalar_t>(), R, n_out, i0, i1);
+                               out.mutable_data_ptr<scalar_t>(), R, n_out, i0, i1, next.data());
     });
   });
   return out;
@@ -169,40 +173,34 @@ inline void axpy(T* __restrict a, const T* __restrict x, T e) {
 
 // Output rows [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
 // block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= out[i, j]).
+// `trace` (B*C) and `acc` (n_out*C) are scratch; rows are sorted within each column.
 template <typename T>
 SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols, const T* eps,
                                       const int64_t* colptr, const int32_t* rows, const T* xvals,
                                       T beta, int64_t steps, int64_t B, int64_t n_out, int64_t n_in,
-                                      int64_t i0, T* out, std::vector<T>& trace, std::vector<T>& acc) {
+                                      int64_t i0, T* out, T* trace, T* acc) {
   constexpr int64_t C = kTraceCols<T>;
-  trace.assign(B * C, T(0));
-  acc.assign(n_out * C, T(0));
-  int64_t ptr[C], end[C], last[C];
+  std::fill(trace, trace + B * C, T(0));
+  std::fill(acc, acc + n_out * C, T(0));
+  int64_t ptr[C], end[C];
   for (int64_t c = 0; c < C; ++c) {
     const bool in = i0 + c < n_in;
     ptr[c] = in ? colptr[i0 + c] : 0;
     end[c] = in ? colptr[i0 + c + 1] : 0;
-    last[c] = -1;
   }
   for (int64_t t = 0; t < steps; ++t) {
     // trace[t] = beta * trace[t-1] + X[t]; X[t] is sparse, so decay all, then add.
     for (int64_t k = 0; k < B * C; ++k) trace[k] = beta * trace[k];
     const int64_t r_end = (t + 1) * B;
     for (int64_t c = 0; c < C; ++c) {
-      for (; ptr[c] < end[c] && rows[ptr[c]] < r_end; ++ptr[c]) {
-        const int64_t r = rows[ptr[c]];
-        // Sorted rows are what lets the pointer advance with t; they also keep
-        // r - t*B in [0, B), since the previous step stopped at a row >= t*B.
-        TORCH_CHECK(r > last[c], "dw_trace: `rows` must be strictly increasing within each column "
-                    "(column ", i0 + c, ")");
-        last[c] = r;
-        trace[(r - t * B) * C + c] += xvals ? xvals[ptr[c]] : T(1);
-      }
+      // Sorted rows keep r - t*B in [0, B): the previous step stopped at a row >= t*B.
+      for (; ptr[c] < end[c] && rows[ptr[c]] < r_end; ++ptr[c])
+        trace[(rows[ptr[c]] - t * B) * C + c] += xvals ? xvals[ptr[c]] : T(1);
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t r = t * B + b;
-      const T* tr = trace.data() + b * C;
-      for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) axpy<T, C>(acc.data() + cols[k] * C, tr, eps[k]);
+      const T* tr = trace + b * C;
+      for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) axpy<T, C>(acc + cols[k] * C, tr, eps[k]);
     }
   }
   for (int64_t c = 0; c < C && i0 + c < n_in; ++c)
@@ -226,18 +224,26 @@ Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
   check_xvals(xvals_in, eps_in, rows.numel(), "dw_trace", "eps_vals");
   const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous(),
                cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
+  {  // the trace walk advances one pointer per column with t
+    const int64_t* pp = cp.const_data_ptr<int64_t>();
+    const int32_t* rr = rw.const_data_ptr<int32_t>();
+    for (int64_t i = 0; i < n_in; ++i)
+      for (int64_t k = pp[i] + 1; k < pp[i + 1]; ++k)
+        TORCH_CHECK(rr[k - 1] < rr[k], "dw_trace: `rows` must be strictly increasing within each "
+                    "column (column ", i, ")");
+  }
   Tensor out = at::empty({n_in, n_out}, eps.options());
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
     constexpr int64_t C = kTraceCols<scalar_t>;
     at::parallel_for(0, (n_in + C - 1) / C, 1, [&](int64_t k0, int64_t k1) {
-      std::vector<scalar_t> trace, acc;  // per thread, reused across blocks
+      std::vector<scalar_t> trace(B * C), acc(n_out * C);  // per thread, reused across blocks
       for (int64_t k = k0; k < k1; ++k)
         dw_trace_block<scalar_t>(rp.const_data_ptr<int64_t>(), cl.const_data_ptr<int32_t>(),
                                  eps.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
                                  rw.const_data_ptr<int32_t>(),
                                  xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
                                  static_cast<scalar_t>(beta), T, B, n_out, n_in, k * C,
-                                 out.mutable_data_ptr<scalar_t>(), trace, acc);
+                                 out.mutable_data_ptr<scalar_t>(), trace.data(), acc.data());
     });
   });
   return out;
