@@ -10,7 +10,18 @@ five shapes below, which keep snnTorch's names and parameter names and add ``b_t
 
 The backward runs in the compiled op ``torch.ops.snntorch_sparse.spike``, which keeps
 only the band (one bit per element plus the in-band ``u`` values) instead of the whole
-float membrane that snnTorch saves.
+float membrane that snnTorch saves: ``1/8 + ρ·itemsize`` bytes per element for an
+in-band share ρ. Measured with :func:`snntorch_sparse.metrics.saved_bytes` on 10⁶
+elements (atan, ``b_th=0.2``), against snnTorch's own ``atan``:
+
+=========  ============  =============  =============
+dtype      ρ = 2 %       ρ = 5 %        snnTorch
+=========  ============  =============  =============
+float32    0.205 B/elem  0.326 B/elem   4 B/elem
+float64    0.285 B/elem  0.526 B/elem   8 B/elem
+=========  ============  =============  =============
+
+With ``b_th=None`` (dense) the op keeps ``u`` itself, as snnTorch does.
 
 ==================  ===========  ==============================================
 shape               parameter    ``g(u)``
