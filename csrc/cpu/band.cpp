@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/checks.h"
 
 namespace snntorch_sparse {
 namespace {
@@ -23,12 +24,6 @@ using at::Tensor;
 // Words per chunk (8192 elements): enough work to amortise a task, few enough chunks
 // that the serial prefix over them is negligible.
 constexpr int64_t kChunkWords = 256;
-
-void check_float(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": `", name,
-              "` must be float32 or float64, got ", t.scalar_type());
-}
 
 void check_shape_id(int64_t shape, const char* op) {
   TORCH_CHECK(shape >= FAST_SIGMOID && shape <= STRAIGHT_THROUGH, op,

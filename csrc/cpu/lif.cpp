@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "cpu/checks.h"
 
 namespace snntorch_sparse {
 namespace {
@@ -21,12 +22,6 @@ using at::Tensor;
 // Neurons per block: one row slice is 4 KiB in float64, so a block's working set of a
 // few rows stays in L1.
 constexpr int64_t kBlock = 512;
-
-void check_float(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": `", name,
-              "` must be float32 or float64, got ", t.scalar_type());
-}
 
 // A per-neuron vector: 1-D of length M, the dtype of the sequence.
 void check_vec(const Tensor& t, const Tensor& like, int64_t M, const char* op, const char* name,

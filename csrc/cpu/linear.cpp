@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/checks.h"
 
 // The weight/input gradients are arithmetic-bound once their data sits in cache, so
 // their per-thread workers are compiled for several vector widths and the best one for
@@ -30,12 +31,6 @@ namespace snntorch_sparse {
 namespace {
 
 using at::Tensor;
-
-void check_float(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": `", name,
-              "` must be float32 or float64, got ", t.scalar_type());
-}
 
 void check_index(const Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": `", name, "` must be a CPU tensor, got ", t.device());

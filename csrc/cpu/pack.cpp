@@ -18,6 +18,8 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/checks.h"
+
 namespace snntorch_sparse {
 namespace {
 
@@ -29,9 +31,7 @@ constexpr int64_t kMinChunkElems = 1 << 16;
 constexpr int64_t kChunksPerThread = 4;
 
 std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double max_density) {
-  TORCH_CHECK(x_in.device().is_cpu(), "nonzero_csc: `x` must be a CPU tensor, got ", x_in.device());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "nonzero_csc: `x` must be float32 or float64, got ", x_in.scalar_type());
+  check_float(x_in, "nonzero_csc", "x");
   TORCH_CHECK(x_in.dim() == 2, "nonzero_csc: `x` must be 2-D [R, n_in], got shape ", x_in.sizes());
   TORCH_CHECK(x_in.size(0) <= INT32_MAX, "nonzero_csc: `x` may have at most 2^31 - 1 rows (int32 "
               "row indices), got ", x_in.size(0));
