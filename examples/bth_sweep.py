@@ -13,6 +13,7 @@ several), on the 8×8 digits and — when
 import argparse
 import json
 import os
+import tempfile
 
 import matplotlib
 
@@ -89,12 +90,14 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with SHD/shd_{train,test}.h5")
     p.add_argument("--shd-epochs", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default="bth_sweep_out")
+    p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "snntorch_sparse_bth_sweep"),
+                   help="output folder (default: under the system's temp folder)")
     args = p.parse_args(argv)
     values = [float(v) for v in args.values.split(",")]
     if not all(v > 0 for v in values):
         p.error("--values: every B_th must be > 0")
     os.makedirs(args.out, exist_ok=True)
+    print(f"writing results to {args.out}")
 
     results = {"digits": sweep("digits", values, args, args.epochs, data.load("digits"))}
     try:

@@ -4,27 +4,36 @@ Order of preference, decided once at import:
 
 1. the ahead-of-time extension ``snntorch_sparse._C`` (built by ``setup.py`` when torch
    was importable at build time);
-2. a JIT build of ``csrc/`` with ``torch.utils.cpp_extension.load`` (ninja, cached in
-   ``TORCH_EXTENSIONS_DIR``), announced by one line while it compiles;
-3. the plain-PyTorch reference (``reference.py``), announced by one warning.
+2. a JIT build of the kernel sources, cached under a name derived from their content,
+   torch's version and the toolchain (so the checkout and an installed copy share one
+   build, and a cached import compiles and prints nothing); "compiling ..." is printed
+   only while it really compiles;
+3. the plain-PyTorch reference (``reference.py``), announced by one warning. A JIT build
+   that failed is not retried until the sources, torch or the toolchain change; its log
+   stays in a file whose path the warning and ``info`` give.
 
-``SNNTORCH_SPARSE_BACKEND=reference`` forces 3 (for comparisons). Whatever the backend,
-the ops live under ``torch.ops.snntorch_sparse`` with the same schemas, fake (meta)
-implementations and autograd formula, so ``torch.compile(fullgraph=True)`` and
+``SNNTORCH_SPARSE_BACKEND=reference`` forces 3 (for comparisons), ``=jit`` skips 1.
+Whatever the backend, the ops live under ``torch.ops.snntorch_sparse`` with the same
+schemas, fake (meta) implementations and autograd formula, so ``torch.compile`` and
 ``torch.library.opcheck`` see the same thing. A device whose kernels are missing (CUDA
 when the build had no CUDA) runs the reference for that device, also with one warning.
 """
 
-import glob
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
 import math
 import os
 import re
+import shutil
 import sys
 import warnings
 
 import torch
 
-from . import reference
+from . import _build, reference
 
 NAMESPACE = "snntorch_sparse"
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -45,54 +54,129 @@ def _has_kernel(op, key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
 
 
-def _jit_build():
-    from torch.utils import cpp_extension
+def _cache_root():
+    """``TORCH_EXTENSIONS_DIR`` (torch's own setting), else ``~/.cache/torch_extensions``."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "torch_extensions")
+    return root
 
+
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    """Silences torch's "No CUDA runtime is found, using CUDA_HOME" (logged when
+    ``torch.utils.cpp_extension`` is imported on a machine without a GPU)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _jit_plan(src):
+    """``(name, build_dir, with_cuda, why_no_cuda)`` of the JIT build of ``src``."""
+    with_cuda = torch.cuda.is_available()
+    why = None
+    if torch.version.cuda is None:
+        why = "torch built without CUDA"
+    elif not torch.cuda.is_available():
+        why = "no GPU visible when the kernels were compiled (JIT)"
+    key = "|".join((_build.source_digest(src), torch.__version__, str(torch.version.cuda),
+                    sys.version, str(with_cuda), " ".join(_build.CXX_FLAGS + _build.NVCC_FLAGS),
+                    _build.toolchain()))
+    name = "snntorch_sparse_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return name, os.path.join(_cache_root(), name), with_cuda, why
+
+
+def _jit_build():
+    """Load (or compile once, then load) the JIT library; returns ``(how, its folder,
+    why it has no CUDA kernels or None)``."""
     src = csrc_dir()
     if src is None:
-        raise RuntimeError("kernel sources (csrc/) not found next to the package")
-    sources = [os.path.join(src, "ops.cpp")] + sorted(glob.glob(os.path.join(src, "cpu", "*.cpp")))
-    cuda_note = None
-    if torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None:
-        sources += sorted(glob.glob(os.path.join(src, "cuda", "*.cu")))
-    elif torch.version.cuda is None:
-        cuda_note = "torch built without CUDA"
-    else:
-        cuda_note = "no GPU or no CUDA toolkit (nvcc) found at JIT time"
-    print("snntorch_sparse: compiling C++ kernels (first use only; cached) ...",
-          file=sys.stderr, flush=True)
-    cpp_extension.load(
-        name="snntorch_sparse_jit",
-        sources=sources,
-        extra_include_paths=[src],
-        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"],
-        extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", "--fmad=false"],  # bit-identical to the CPU in float64
-        is_python_module=False,
-        verbose=False,
-    )
-    return cuda_note
+        raise RuntimeError("the kernel sources (csrc/) are not next to the package")
+    name, build_dir, with_cuda, why = _jit_plan(src)
+    lib = os.path.join(build_dir, name + ".so")
+    failed = os.path.join(build_dir, "FAILED.log")
+    if os.path.isfile(lib):
+        torch.ops.load_library(lib)
+        return "compiled (JIT)", build_dir, why
+    if os.path.isfile(failed):
+        raise RuntimeError(f"the JIT build failed before (log in {failed}); it is retried "
+                           "when the sources, torch or the compiler change")
+    cxx = os.environ.get("CXX", "c++")
+    for tool in (cxx, "ninja"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"no {tool!r} found to compile the kernels")
+    os.makedirs(build_dir, exist_ok=True)
+    archs = _build.cuda_arch_list(torch) if with_cuda else None
+    print(f"snntorch_sparse: compiling the C++{'/CUDA' if with_cuda else ''} kernels once "
+          f"(cached in {build_dir}) ...", file=sys.stderr, flush=True)
+    try:
+        with _quiet_cpp_extension():
+            from torch.utils import cpp_extension
+
+            cpp_extension.load(
+                name=name, sources=_build.sources(src, with_cuda), extra_include_paths=[src],
+                extra_cflags=_build.CXX_FLAGS, extra_ldflags=_build.LD_FLAGS,
+                extra_cuda_cflags=_build.NVCC_FLAGS, build_directory=build_dir,
+                is_python_module=False, verbose=False,
+            )
+    except Exception as err:  # no compiler, no ninja, a compile error
+        with open(failed, "w") as f:
+            f.write(str(err))
+        first = next((line.strip() for line in str(err).splitlines()
+                      if re.search(r"error:|not found|No such file", line)), type(err).__name__)
+        raise RuntimeError(f"the JIT build failed ({first[:160]}; log in {failed})") from None
+    with open(os.path.join(build_dir, _build.BUILD_INFO), "w") as f:
+        json.dump({"cuda_archs": archs}, f)
+    return "compiled (JIT)", build_dir, why
+
+
+def _aot_build():
+    """Import the ahead-of-time extension: ``(how, its folder, None)``, or None when the
+    package has none."""
+    if importlib.util.find_spec(f"{NAMESPACE}._C") is None:
+        return None
+    from . import _C  # noqa: F401  (registers the ops)
+    return "compiled (AOT)", _PKG, None
+
+
+def _build_info(lib_dir):
+    """What the compiled library was built with (``_build_info.json`` beside it)."""
+    try:
+        with open(os.path.join(lib_dir, _build.BUILD_INFO)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _load():
     reason = None
-    how = None
-    if os.environ.get("SNNTORCH_SPARSE_BACKEND", "") == "reference":
+    how, lib_dir, cuda_note = None, None, None
+    mode = os.environ.get("SNNTORCH_SPARSE_BACKEND", "")
+    if mode == "reference":
         reason = "SNNTORCH_SPARSE_BACKEND=reference"
     else:
-        try:
-            from . import _C  # noqa: F401  (registers the ops)
-
-            how = "compiled (AOT)"
-        except ImportError as aot_err:
+        aot_note = "no AOT build in the package"
+        if mode != "jit":
             try:
-                _jit_build()
-                how = "compiled (JIT)"
-            except Exception as jit_err:  # compiler missing, sources missing, build error
-                reason = f"no AOT build ({aot_err}); JIT build failed: {jit_err}"
+                how, lib_dir, cuda_note = _aot_build() or (None, None, None)
+            except (ImportError, OSError) as err:  # e.g. built against another torch
+                aot_note = f"the AOT build does not load ({str(err).splitlines()[0]})"
+        else:
+            aot_note = "SNNTORCH_SPARSE_BACKEND=jit"
+        if how is None:
+            try:
+                how, lib_dir, cuda_note = _jit_build()
+            except Exception as err:
+                reason = (f"{aot_note}; {err}. Fix: install a C++ compiler (g++) and ninja, "
+                          "or `pip install --no-build-isolation .` where one is")
     if how is None:
         _define_schemas()
-    _fill_missing_devices(how, reason)
+    _fill_missing_devices(how, reason, cuda_note, _build_info(lib_dir) if lib_dir else {})
 
 
 def _define_schemas():
@@ -113,7 +197,7 @@ OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "
        "dx_masked")
 
 
-def _fill_missing_devices(how, reason):
+def _fill_missing_devices(how, reason, cuda_note, build_info):
     def describe(key):
         if how is None:
             return f"reference (plain PyTorch) — {reason}"
@@ -129,10 +213,13 @@ def _fill_missing_devices(how, reason):
     if torch.version.cuda is None:
         BACKENDS["cuda"] = "not available — torch built without CUDA"
     elif cuda is None:
-        BACKENDS["cuda"] = ("reference (plain PyTorch) — the build has no CUDA kernels "
-                            "(no nvcc/CUDA_HOME or no GPU when it was compiled)")
+        BACKENDS["cuda"] = ("reference (plain PyTorch) — the build has no CUDA kernels ("
+                            + (cuda_note or "no nvcc/CUDA_HOME when it was compiled, or "
+                               "SNNTORCH_SPARSE_NO_CUDA=1") + ")")
     else:
-        BACKENDS["cuda"] = cuda + ("" if torch.cuda.is_available() else " — no GPU visible now")
+        archs = build_info.get("cuda_archs")
+        BACKENDS["cuda"] = (cuda + (f" for CUDA architectures {archs}" if archs else "")
+                            + ("" if torch.cuda.is_available() else " — no GPU visible now"))
     lib = torch.library.Library(NAMESPACE, "IMPL")
     for op in OPS:
         for key in ("CPU", "CUDA"):

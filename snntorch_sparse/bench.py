@@ -50,7 +50,6 @@ Outputs (``--out``): ``bench_<device>.json`` (every number, the machine and the 
 ``bench_<device>.md`` (the tables, also printed) and ``bench_<device>.png``.
 """
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -68,9 +67,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics, reference
+from ._cli import Parser, UsageError, usage_error
 from ._ops import BACKENDS, ops
 from .data import DATASETS
 
+PROG = "python -m snntorch_sparse bench"
 METHODS = ("snntorch", "fused_dense", "fused_sparse")
 THRESHOLD = 1.0
 
@@ -755,8 +756,8 @@ def _clean(v):
 
 # ------------------------------------------------------------------------------ CLI
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m snntorch_sparse bench",
+    p = Parser(
+        prog=PROG,
         description="Speed and memory of snnTorch per-step dense BPTT vs the fused dense and "
                     "fused sparse SpikingLinear backward, measured in the same run.")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -792,7 +793,10 @@ def parse_args(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        return usage_error(PROG, err)
     if args.list:
         for name, c in CONFIGS.items():
             shape = "-".join(map(str, c.sizes))
@@ -803,24 +807,21 @@ def main(argv=None):
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is "
-              "False)", file=sys.stderr)
-        return 2
+        return usage_error(PROG, "--device cuda, but torch sees no CUDA GPU "
+                            "(torch.cuda.is_available() is False)")
     device = torch.device(device)
     repeats, warmup = DEFAULT_REPEATS[device.type]
     args.repeats = repeats if args.repeats is None else args.repeats
     args.warmup = warmup if args.warmup is None else args.warmup
     if args.repeats < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        print("error: need --repeats >= 1, --warmup >= 0, --batch >= 1", file=sys.stderr)
-        return 2
+        return usage_error(PROG, "need --repeats >= 1, --warmup >= 0, --batch >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for item in (args.config or []) for n in item.split(",") if n]
     try:
         configs = resolve_configs(names, device.type, args.quick)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, err)
 
     from tqdm import tqdm
 

@@ -308,6 +308,7 @@ def load(name, data_dir=None, num_steps=None):
         return digits(num_steps=steps)
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs data_dir (the folder holding its files)")
+    data_dir = os.path.expanduser(os.fspath(data_dir))
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data_dir {data_dir} is not a directory")
     return {"fmnist": fmnist, "nmnist": nmnist, "shd": shd}[name](data_dir, num_steps=steps)

@@ -12,9 +12,7 @@ Example::
     python -m snntorch_sparse demo --dataset shd --data-dir ~/data --device cuda
 """
 
-import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -23,41 +21,13 @@ import time
 import torch
 
 from . import data, metrics, paper
+from ._cli import Parser, UsageError, band, positive_int, usage_error
 
 PROG = "python -m snntorch_sparse demo"
 
 
-class UsageError(Exception):
-    """A user mistake: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print the usage and exit
-        raise UsageError(message)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _band(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"B_th must be a positive finite number, got {text!r}")
-    return value
-
-
 def parse_args(argv):
-    p = _Parser(prog=PROG, description="Train the paper's network (2 hidden SpikingLinear + "
+    p = Parser(prog=PROG, description="Train the paper's network (2 hidden SpikingLinear + "
                 "readout) dense and sparse from the same seed; report accuracy, activity, "
                 "time and memory.")
     p.add_argument("--dataset", default="digits", choices=list(data.DATASETS),
@@ -65,17 +35,17 @@ def parse_args(argv):
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (docs/datasets.md: what goes where)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: digits 12; the paper's for the others (E.6)")
-    p.add_argument("--b-th", type=_band, default=paper.COMMON["b_th"],
+    p.add_argument("--b-th", type=band, default=paper.COMMON["b_th"],
                    help="band half-width B_th of the sparse run (default 0.2)")
-    p.add_argument("--hidden", type=_positive_int, default=None,
+    p.add_argument("--hidden", type=positive_int, default=None,
                    help="neurons per hidden layer (default 200)")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--max-batches", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--max-batches", type=positive_int, default=None,
                    help="training batches per epoch at most (quick runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's; 1 avoids oversubscription "
                         "when other processes share the cores)")
     p.add_argument("--out", default="demo_out", help="output directory (default ./demo_out)")
@@ -254,8 +224,7 @@ def main(argv=None):
     try:
         return run(parse_args(argv), argv)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, err)
     except (FileNotFoundError, data.DataError) as err:  # missing or malformed data
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

@@ -3,7 +3,9 @@
 import snntorch
 from torch import nn
 
+from .leaky import Leaky
 from .spiking_linear import SpikingLinear
+from .surrogate import DEFAULT_B_TH
 
 
 class FusedSequential(nn.Module):
@@ -64,7 +66,8 @@ def _spiking_linear(lin, lif, backward):
     learn_threshold = isinstance(lif.threshold, nn.Parameter)
     layer = SpikingLinear(
         lin.in_features, lin.out_features, beta=lif.beta, threshold=lif.threshold,
-        bias=lin.bias is not None, spike_grad=lif.spike_grad, b_th=getattr(lif, "b_th", None),
+        bias=lin.bias is not None, spike_grad=lif.spike_grad,
+        b_th=lif.b_th if isinstance(lif, Leaky) else DEFAULT_B_TH,
         reset_mechanism=lif.reset_mechanism, learn_beta=learn_beta,
         learn_threshold=learn_threshold, backward=backward,
         graded_spikes_factor=float(lif.graded_spikes_factor),
@@ -94,8 +97,10 @@ def fuse(model, backward="sparse"):
             spk, mem = net(x[t])        # stacked over t by the user
 
     becomes ``spk_seq, mem_seq = fuse(net)(x)`` with ``x [T, B, ...]``: equal outputs, and
-    gradients equal the per-step model's (with the Leakys' own bands; snnTorch's Leaky is
-    dense). Every Linear followed by a Leaky (ours or snnTorch's) becomes one
+    gradients equal the per-step model's with our Leakys' own bands. A stock
+    ``snntorch.Leaky`` gets the sparse default band ``b_th=0.2`` (as :func:`sparsify` gives
+    it); ``backward="dense"`` keeps snnTorch's dense gradient. Every Linear followed by a
+    Leaky (ours or snnTorch's) becomes one
     ``SpikingLinear`` sharing the Linear's weight and bias Parameters and a learnable β/θ
     Parameter; fixed β/θ, reset mechanism, surrogate, ``b_th`` and the graded-spikes factor
     are copied. A Linear with no Leaky after it stays a Linear; an ``nn.Flatten`` may come
@@ -103,7 +108,8 @@ def fuse(model, backward="sparse"):
 
     Args:
         model: the ``nn.Sequential``.
-        backward: "sparse" or "dense", for every SpikingLinear.
+        backward: "sparse" (the band-limited surrogate) or "dense" (the full surrogate,
+            the stock snnTorch gradient), for every SpikingLinear.
 
     Example::
 

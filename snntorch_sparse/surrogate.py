@@ -82,6 +82,11 @@ class SlowPathWarning(UserWarning):
     """A surrogate that the compiled kernels do not know runs its band in eager PyTorch."""
 
 
+#: The band given to a neuron that did not choose one: a stock snnTorch neuron that
+#: ``fuse`` or ``sparsify`` switches. Our classes' ``b_th`` default is the same.
+DEFAULT_B_TH = 0.2
+
+
 def _check_b_th(b_th):
     """``None`` (dense) or a positive finite float; anything else is a ValueError."""
     if b_th is None:

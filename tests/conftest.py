@@ -21,3 +21,15 @@ def gen(request):
     """A CPU ``torch.Generator`` seeded from the test's id: each test case draws its own
     inputs, and a failure reproduces."""
     return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def package_env(**extra):
+    """``os.environ`` for a subprocess that imports the same ``snntorch_sparse`` as the
+    tests do (the installed copy or the checkout), plus ``extra``."""
+    import os
+
+    import snntorch_sparse
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(snntorch_sparse.__file__)))
+    path = os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

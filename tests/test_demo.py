@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import package_env
 import torch
 
 from snntorch_sparse import data
@@ -92,7 +93,7 @@ def test_wrong_data_shape(tmp_path, capsys):
 
 def test_cli_entry_point_one_line_error():
     """Through ``python -m snntorch_sparse demo`` (the real entry point)."""
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = package_env()
     proc = subprocess.run([sys.executable, "-m", "snntorch_sparse", "demo", "--b-th", "-1"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2

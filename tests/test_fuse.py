@@ -85,9 +85,21 @@ def test_snntorch_model_equals_per_step(reset, learn, output):
     assert fused.layers[0].weight is model[1].weight and fused.layers[0].bias is model[1].bias
     if learn:
         assert fused.layers[0].beta is model[2].beta
-    assert fused.layers[0].b_th is None  # snnTorch's Leaky is dense
+    # A stock Leaky gets the default band, as sparsify gives it: the fused model's gradient
+    # is the per-step model's once that one is sparsified too (in place, same Parameters).
+    assert fused.layers[0].b_th == snntorch_sparse.surrogate.DEFAULT_B_TH
     x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
+    snntorch_sparse.sparsify(model)
     _compare(model, fused, x, rtol=1e-4, atol=1e-5)
+
+
+def test_snntorch_model_dense_backward_equals_stock_per_step():
+    torch.manual_seed(0)
+    model = _net(snntorch.Leaky, learn=True)  # float32: snnTorch's surrogates return float32
+    fused = fuse(model, backward="dense")
+    x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
+    # every neuron-step contributes (no band): float32 sums differ by order more than above
+    _compare(model, fused, x, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
