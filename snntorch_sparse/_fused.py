@@ -30,10 +30,17 @@ Host synchronisations, all in the forward: ``spike`` sizes its band values; a
 whether they are all 1), and reads a scalar fixed β as a number for the trace form. The
 backward has none: every size it needs (the band's value count) is already on the host.
 
-The spike outputs carry the attribute ``_snn_sparse_band = (bits, shape)`` when the band
-is finite: a ``spiking_linear`` that consumes such a tensor computes its input gradient
-only inside that band (paper eq. 12), since the upstream multiplies it by its surrogate,
-which is 0 outside.
+The spike outputs carry a band tag when the band is finite (:func:`tag_band`): a
+``spiking_linear`` that consumes such a tensor computes its input gradient only inside
+that band (paper eq. 12), since the upstream multiplies it by its surrogate, which is 0
+outside. The tag holds only for the very tensor it was put on, unmodified: it records the
+tensor's version counter and ``grad_fn``, so an in-place op (``h += skip``,
+``h.mul_(g)``) voids it, and a view, slice, clone or concatenation is a new tensor
+without it (:func:`band_of`).
+
+The backwards are first order only (:func:`first_order_only`): a backward recorded for
+double differentiation (``create_graph=True``) gives results that raise a clear error
+when differentiated again, never a silent zero.
 """
 
 import math
@@ -43,8 +50,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._ops import ops
+from ._ops import first_order_only, ops
 from .reference import ATAN, NONE, SUBTRACT, ZERO
+from .surrogate import _check_b_th
 
 #: An input whose share of non-zeros is at most this is kept for backward in compact
 #: (CSC) form; a denser one is kept as is (there is no sparsity to exploit).
@@ -186,10 +194,29 @@ def _needs(ctx, track):
     return ctx.needs_input_grad if track else (False,) * len(ctx.needs_input_grad)
 
 
+def tag_band(t, bits):
+    """Mark ``t`` as gradient-limited to the band ``bits`` (packed over ``t``'s elements).
+
+    The tag is bound to ``t``'s current version and ``grad_fn``: :func:`band_of` drops it
+    once ``t`` is modified in place, so it can never describe values ``t`` no longer holds.
+    """
+    t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn)
+    return t
+
+
+def band_of(t):
+    """The band bits of a tensor tagged by :func:`tag_band`, or None if untagged or stale."""
+    tag = getattr(t, "_snn_sparse_band", None)
+    if tag is None:
+        return None
+    bits, shape, version, grad_fn = tag
+    if t._version != version or t.grad_fn is not grad_fn or t.shape != shape:
+        return None
+    return bits
+
+
 def _mark_band(spk, bits, nrn):
-    if nrn.banded:
-        spk._snn_sparse_band = (bits, spk.shape)
-    return spk
+    return tag_band(spk, bits) if nrn.banded else spk
 
 
 # ---------------------------------------------------------------------- lif_sequence
@@ -218,9 +245,10 @@ class _LIFSequence(torch.autograd.Function):
         ctx.meta = (_meta(beta), _meta(theta), _meta(mem0))
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(bits)
-        return spk.view(cur.shape), mem.view(cur.shape), bits
+        return spk, mem, bits  # [T, M]: reshaped outside, so they stay modifiable in place
 
     @staticmethod
+    @first_order_only("lif_sequence (Leaky.forward_sequence)")
     def backward(ctx, grad_spk, grad_mem, _grad_bits):
         bits, vals, beta, rbits, mem, mem0f = ctx.saved_tensors
         nrn, step = ctx.nrn, ctx.step
@@ -234,7 +262,7 @@ class _LIFSequence(torch.autograd.Function):
                                               betaf, rbits, nrn)
         need_cur, need_mem0, need_beta, need_theta, _, _ = ctx.needs_input_grad
         beta_meta, theta_meta, mem0_meta = ctx.meta
-        d_cur = delta.view(like.shape) if need_cur else None
+        d_cur = delta.view(T, *step) if need_cur else None
         d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
         d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
                   if need_beta else None)
@@ -287,12 +315,16 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
                             if isinstance(cur, torch.Tensor) else type(cur).__name__))
     if cur.shape[0] == 0:
         raise ValueError("cur must hold at least one time step, got T = 0")
+    if mem0 is not None and not isinstance(mem0, torch.Tensor):
+        raise TypeError("mem0 must be a tensor broadcastable to one step "
+                        f"{list(cur.shape[1:])} or None, got {type(mem0).__name__}")
+    b_th = _check_b_th(b_th)
     beta = torch.as_tensor(beta, device=cur.device)
     theta = torch.as_tensor(theta, device=cur.device)
     nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
-                 math.inf if b_th is None else float(b_th))
+                 math.inf if b_th is None else b_th)
     spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled())
-    return _mark_band(spk, bits, nrn), mem
+    return _mark_band(spk.view(cur.shape), bits, nrn), mem.view(cur.shape)
 
 
 # --------------------------------------------------------------------- spiking_linear
@@ -406,9 +438,10 @@ class _SpikingLinear(torch.autograd.Function):
         if cfg.readout:
             ctx.mark_non_differentiable(spk)
         ctx.mark_non_differentiable(bits)
-        return (spk if cfg.readout else spk.view(T, B, n_out)), mem.view(T, B, n_out), bits
+        return spk, mem, bits  # [T, B·n_out]: reshaped outside (see lif_sequence)
 
     @staticmethod
+    @first_order_only("SpikingLinear")
     def backward(ctx, grad_spk, grad_mem, _grad_bits):
         (x2d, colptr, rows, xvals, weight, bits, vals, beta, rbits, mem, mem0f,
          up_bits) = ctx.saved_tensors
@@ -470,14 +503,14 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     ``[T, B, n_out]`` (or the membrane for a readout) and ``mem`` the membrane.
 
     ``beta`` clamped by the caller; ``theta`` ignored for a readout. The input gradient is
-    masked by the upstream band when ``x`` carries ``_snn_sparse_band`` and ``cfg.sparse``.
+    masked by the upstream band when ``x`` carries a valid band tag and ``cfg.sparse``.
     """
-    up = getattr(x, "_snn_sparse_band", None)
-    up_bits = up[0] if (up is not None and cfg.sparse and tuple(up[1]) == tuple(x.shape)) else None
+    up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     spk, mem, bits = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
                                           torch.is_grad_enabled())
+    mem = mem.view(*x.shape[:2], -1)
     if cfg.readout:
         return mem, mem
-    return _mark_band(spk, bits, cfg.neuron), mem
+    return _mark_band(spk.view(mem.shape), bits, cfg.neuron), mem

@@ -140,6 +140,8 @@ class Leaky(snntorch.Leaky):
         if not isinstance(cur_seq, torch.Tensor) or cur_seq.dim() < 2:
             raise ValueError("cur_seq must be a tensor [T, ...] with a leading time dimension, "
                              f"got {getattr(cur_seq, 'shape', type(cur_seq).__name__)}")
+        if cur_seq.shape[0] == 0:
+            raise ValueError("cur_seq must hold at least one time step, got T = 0")
         b_th = self.b_th if backward == "sparse" else None
         if mem is None:
             use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]
@@ -166,12 +168,12 @@ class Leaky(snntorch.Leaky):
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
         # γ outside the op lets autograd handle a learnable factor.
         out = spk.float() * self.graded_spikes_factor
-        band = getattr(spk, "_snn_sparse_band", None)
+        band = _fused.band_of(spk)
         # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
         # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
         # it too.
         if band is not None and not self.graded_spikes_factor.requires_grad:
-            out._snn_sparse_band = band
+            _fused.tag_band(out, band)
         return out, mem_seq
 
     def _stepwise_sequence(self, cur_seq, mem, b_th):

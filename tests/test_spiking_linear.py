@@ -182,7 +182,7 @@ def test_readout_matches_reference(backward, level):
     mem = layer(x)
     ref = _reference(layer, x)
     assert torch.equal(mem, ref)
-    assert not hasattr(mem, "_snn_sparse_band")
+    assert _fused.band_of(mem) is None
     _assert_grads(*_grads(mem, ref, [x, layer.weight, layer.bias, layer.beta]))
     assert layer._report["dw"] == ("spikes" if backward == "sparse" else "dense")
 
@@ -287,7 +287,7 @@ def test_saved_bytes_follow_compact_formula(case):
     upstream = 0
     if case == "upstream":  # an input marked with an upstream band (whose bits are kept)
         x.requires_grad_()
-        x._snn_sparse_band = (_fused.pack_bits(torch.rand(x.shape) < 0.1), x.shape)
+        _fused.tag_band(x, _fused.pack_bits(torch.rand(x.shape) < 0.1))
         upstream = 4 * ((x.numel() + 31) // 32)
     with saved_bytes() as kept:
         out = layer(x)
