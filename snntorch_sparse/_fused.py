@@ -373,8 +373,14 @@ def _active_csr(bits, nnz, R, n_out):
     return rowptr, cols
 
 
-def _choose_dw(cfg, x_compact, nnz_x, nnz_act, trace_beta, T, B, n_in, n_out, grad_mem):
-    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear)."""
+def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n_out,
+               grad_mem):
+    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear).
+
+    The trace form is chosen by itself only for a binary input: it reads an input value
+    only where an output is active, so a NaN/Inf elsewhere in a graded input would vanish
+    from ∂W, where the other forms propagate it.
+    """
     if not x_compact:
         return "dense"
     trace_ok = (trace_beta is not None and grad_mem is None and not cfg.readout
@@ -386,7 +392,7 @@ def _choose_dw(cfg, x_compact, nnz_x, nnz_act, trace_beta, T, B, n_in, n_out, gr
         return cfg.dw_form
     cost_spikes = nnz_x * n_out
     cost_trace = n_in * (T * B + nnz_act)
-    return "trace" if trace_ok and cost_trace < cost_spikes else "spikes"
+    return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
 class _SpikingLinear(torch.autograd.Function):
@@ -473,7 +479,8 @@ class _SpikingLinear(torch.autograd.Function):
         d_w = None
         if need_w:
             form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
-                              vals.numel(), ctx.trace_beta, T, B, n_in, n_out, grad_mem)
+                              ctx.x_compact and xvals.numel() == 0, vals.numel(),
+                              ctx.trace_beta, T, B, n_in, n_out, grad_mem)
             if form == "dense":
                 d_w = delta2d.t() @ x2d
             elif form == "spikes":

@@ -75,7 +75,8 @@ class SpikingLinear(nn.Module):
       - trace form (eq. 9–10), ``≈ in·(T·B + nnz(band))`` — over the active outputs with
         the filtered input ``trace[t] = β·trace[t−1] + X[t]`` recomputed, never stored;
         only valid for a scalar, fixed β, reset subtract/none and no gradient into the
-        membrane (never for a readout);
+        membrane (never for a readout), and chosen only for a binary (0/1) input, so that
+        a NaN/Inf in a graded input shows in ∂W whichever form runs;
       - dense GEMM ``ΔᵀX`` when the input was kept dense;
     * input gradient ``ΔW`` only where the upstream layer's band is set when the input
       is the spike output of one of our layers (a ``SpikingLinear``, ``Leaky``

@@ -143,7 +143,8 @@ def _expected_form(layer, x, out):
     mem = _membrane(layer, x)
     nnz_band = int(((mem - layer.threshold).abs() < layer.b_th).sum())
     t, b, n_in = x.shape
-    trace_ok = layer.beta.numel() == 1 and layer.reset_mechanism != "zero"
+    trace_ok = (layer.beta.numel() == 1 and layer.reset_mechanism != "zero"
+                and bool(((x == 0) | (x == 1)).all()))
     cost_trace = n_in * (t * b + nnz_band)
     return "trace" if trace_ok and cost_trace < nnz_x * layer.out_features else "spikes"
 

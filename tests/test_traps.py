@@ -159,3 +159,32 @@ def test_lif_sequence_names_a_bad_mem0():
     with pytest.raises(TypeError, match="mem0"):
         _fused.lif_sequence(torch.rand(4, 2, 3), 0.5, torch.tensor(0.9), torch.tensor(1.0),
                             shape=ATAN)
+
+
+# ------------------------------------------- 6. the ∂W form never hides a NaN or Inf
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_weight_gradient_form_keeps_non_finite_input_visible(bad):
+    """A graded, sparse input (where the trace form would be cheapest) with one NaN/Inf:
+    the automatically chosen form shows it in ∂W exactly where the input-spike form
+    does (the input's column; a NaN membrane is outside the band, so no further)."""
+    torch.manual_seed(0)
+    x = (torch.rand(40, 4, 30, dtype=F64) < 0.2).to(F64) * 0.5
+    x[3, 1, 7] = bad
+    grads = {}
+    for form in (None, "spikes"):
+        torch.manual_seed(1)
+        layer = snn.SpikingLinear(30, 100, beta=0.9, threshold=0.3, b_th=0.05, dtype=F64)
+        torch.nn.init.uniform_(layer.weight, -0.1, 0.3)
+        layer._dw_form = form
+        layer(x).sum().backward()
+        grads[form] = layer.weight.grad
+    assert torch.equal(grads[None].isnan(), grads["spikes"].isnan())
+    assert grads[None][:, 7].isnan().all()
+
+
+def test_trace_form_still_serves_binary_input():
+    torch.manual_seed(0)
+    layer = snn.SpikingLinear(30, 100, beta=0.9, threshold=0.3, b_th=0.05, dtype=F64)
+    torch.nn.init.uniform_(layer.weight, -0.1, 0.3)
+    layer((torch.rand(40, 4, 30, dtype=F64) < 0.2).to(F64)).sum().backward()
+    assert layer._report["dw"] == "trace"
