@@ -432,3 +432,35 @@ def test_dw_trace_needs_sorted_rows():
     with pytest.raises(RuntimeError, match="`rows` must be strictly increasing"):
         ops.dw_trace(rowptr, torch.zeros(1, dtype=torch.int32), torch.ones(1, dtype=torch.float64),
                      colptr, rows, torch.empty(0, dtype=torch.float64), 0.9, 4, 1, 1)
+
+
+# ------------------------------------------------- sizes: overflow and empty work
+def _empty_csc(n, device):
+    return (torch.zeros(n + 1, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.int32, device=device))
+
+
+def test_dw_trace_refuses_overflowing_sizes(device):
+    """T·B beyond int64 is an error before anything is allocated or indexed."""
+    rowptr, cols = _empty_csc(0, device)
+    colptr, rows = _empty_csc(3, device)
+    e = torch.zeros(0, dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="T\\*B .* overflows int64"):
+        ops.dw_trace(rowptr, cols, e, colptr, rows, e, 0.9, 2**62, 8, 4)
+
+
+def test_dw_spikes_refuses_overflowing_n_in(device):
+    colptr, rows = _empty_csc(2, device)
+    delta = torch.zeros(3, 4, dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="overflows int64"):
+        ops.dw_spikes(delta, colptr, rows, delta.new_empty(0), 2**63 - 1)
+
+
+@pytest.mark.parametrize("T,B", [(2**40, 0), (0, 2**40)])
+def test_dw_trace_without_rows_returns_zeros_at_once(device, T, B):
+    """No sample-steps (T·B = 0) is no work, however large the other factor: zeros, no loop."""
+    rowptr, cols = _empty_csc(0, device)
+    colptr, rows = _empty_csc(3, device)
+    e = torch.zeros(0, dtype=torch.float64, device=device)
+    out = ops.dw_trace(rowptr, cols, e, colptr, rows, e, 0.9, T, B, 5)
+    assert out.shape == (3, 5) and out.dtype == torch.float64 and not out.any()
