@@ -50,7 +50,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._ops import first_order_only, ops
+from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, NONE, SUBTRACT, ZERO
 from .surrogate import _check_b_th
 
@@ -199,20 +199,30 @@ def tag_band(t, bits):
 
     The tag is bound to ``t``'s current version and ``grad_fn``: :func:`band_of` drops it
     once ``t`` is modified in place, so it can never describe values ``t`` no longer holds.
+    Under ``torch.compile`` no tag is set (a traced graph has no tensor attributes): the
+    downstream input gradient is then computed densely, the same values at the leaves.
     """
-    t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn)
+    if not torch.compiler.is_compiling():
+        t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn)
     return t
 
 
 def band_of(t):
     """The band bits of a tensor tagged by :func:`tag_band`, or None if untagged or stale."""
-    tag = getattr(t, "_snn_sparse_band", None)
+    tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
     if tag is None:
         return None
     bits, shape, version, grad_fn = tag
     if t._version != version or t.grad_fn is not grad_fn or t.shape != shape:
         return None
     return bits
+
+
+def _cast_spikes(spk, dtype):
+    """``spk`` in ``dtype``, keeping its band tag (a cast keeps which values are in band)."""
+    bits = band_of(spk)
+    out = spk.to(dtype)
+    return out if bits is None else tag_band(out, bits)
 
 
 def _mark_band(spk, bits, nrn):
@@ -244,12 +254,14 @@ class _LIFSequence(torch.autograd.Function):
         ctx.step = step
         ctx.meta = (_meta(beta), _meta(theta), _meta(mem0))
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(bits)
-        return spk, mem, bits  # [T, M]: reshaped outside, so they stay modifiable in place
+        ctx.mark_non_differentiable(bits, vals)
+        # [T, M]: reshaped outside, so they stay modifiable in place. ``vals`` (whose size is
+        # data-dependent) is returned so that a traced graph (torch.compile) owns its size.
+        return spk, mem, bits, vals
 
     @staticmethod
     @first_order_only("lif_sequence (Leaky.forward_sequence)")
-    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+    def backward(ctx, grad_spk, grad_mem, _grad_bits, _grad_vals):
         bits, vals, beta, rbits, mem, mem0f = ctx.saved_tensors
         nrn, step = ctx.nrn, ctx.step
         if grad_spk is None and grad_mem is None:
@@ -319,11 +331,17 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         raise TypeError("mem0 must be a tensor broadcastable to one step "
                         f"{list(cur.shape[1:])} or None, got {type(mem0).__name__}")
     b_th = _check_b_th(b_th)
+    work = compute_dtype(cur)
+    if work != cur.dtype:  # float16/bfloat16 on the CPU: computed in float32
+        spk, mem = lif_sequence(cur.to(work), None if mem0 is None else mem0.to(work), beta,
+                                theta, gamma=gamma, reset=reset, shape=shape, p=p, b_th=b_th)
+        return _cast_spikes(spk, cur.dtype), mem.to(cur.dtype)
     beta = torch.as_tensor(beta, device=cur.device)
     theta = torch.as_tensor(theta, device=cur.device)
     nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
                  math.inf if b_th is None else b_th)
-    spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled())
+    spk, mem, bits, _ = _LIFSequence.apply(cur, mem0, beta, theta, nrn,
+                                           torch.is_grad_enabled())
     return _mark_band(spk.view(cur.shape), bits, nrn), mem.view(cur.shape)
 
 
@@ -420,7 +438,10 @@ class _SpikingLinear(torch.autograd.Function):
         x_saved = (None, None, None, None)
         ctx.x_compact = False
         if need_w:
-            csc = compact_input(x2d) if cfg.sparse else None
+            # Compaction has a data-dependent size: a traced graph keeps the input dense
+            # (the dense GEMM then forms ∂W; equal values).
+            csc = (compact_input(x2d) if cfg.sparse and not torch.compiler.is_compiling()
+                   else None)
             ctx.x_compact = csc is not None
             x_saved = (None,) + csc if csc is not None else (x2d, None, None, None)
         # The trace form needs β as a python float: read it here (a sync, forward only).
@@ -443,12 +464,12 @@ class _SpikingLinear(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         if cfg.readout:
             ctx.mark_non_differentiable(spk)
-        ctx.mark_non_differentiable(bits)
-        return spk, mem, bits  # [T, B·n_out]: reshaped outside (see lif_sequence)
+        ctx.mark_non_differentiable(bits, vals)
+        return spk, mem, bits, vals  # [T, B·n_out]: reshaped outside (see lif_sequence)
 
     @staticmethod
     @first_order_only("SpikingLinear")
-    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+    def backward(ctx, grad_spk, grad_mem, _grad_bits, _grad_vals):
         (x2d, colptr, rows, xvals, weight, bits, vals, beta, rbits, mem, mem0f,
          up_bits) = ctx.saved_tensors
         cfg = ctx.cfg
@@ -491,9 +512,9 @@ class _SpikingLinear(torch.autograd.Function):
                                          nrn.gamma, True)
                 d_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
                                    ctx.trace_beta, T, B, n_out).t()
-            if cfg.report is not None:
+            if cfg.report is not None and not torch.compiler.is_compiling():
                 cfg.report["dw"] = form
-        if cfg.report is not None and need_x:
+        if cfg.report is not None and need_x and not torch.compiler.is_compiling():
             cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
         d_b = delta2d.sum(0) if need_b else None
@@ -512,10 +533,17 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     ``beta`` clamped by the caller; ``theta`` ignored for a readout. The input gradient is
     masked by the upstream band when ``x`` carries a valid band tag and ``cfg.sparse``.
     """
+    work = compute_dtype(x)
+    if work != x.dtype:  # float16/bfloat16 on the CPU: computed in float32
+        cast = lambda t: None if t is None else t.to(work)  # noqa: E731
+        out, mem = spiking_linear(_cast_spikes(x, work), weight.to(work), cast(bias), beta,
+                                  theta, cast(mem0), cfg)
+        mem = mem.to(x.dtype)
+        return (mem, mem) if cfg.readout else (_cast_spikes(out, x.dtype), mem)
     up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
-    spk, mem, bits = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
+    spk, mem, bits, _ = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
                                           torch.is_grad_enabled())
     mem = mem.view(*x.shape[:2], -1)
     if cfg.readout:

@@ -282,6 +282,16 @@ def _register_fakes():
 
 
 # --------------------------------------------------------------------- autograd
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(t):
+    """The dtype the kernels compute ``t`` in: its own, except float16/bfloat16 on the
+    CPU, which run in float32 (the CPU kernels are float32/float64; the casts are done
+    by the callers, under autograd, so results and gradients return in ``t``'s dtype)."""
+    return torch.float32 if t.device.type == "cpu" and t.dtype in _HALF else t.dtype
+
+
 _DOUBLE_BACKWARD = ("double backward is not supported by snntorch_sparse.{}: its backward is "
                     "first order only (a gradient taken with create_graph=True cannot be "
                     "differentiated again); for higher-order gradients use stock snnTorch "

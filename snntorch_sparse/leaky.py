@@ -5,7 +5,7 @@ import contextlib
 import snntorch
 import torch
 
-from . import _fused, surrogate
+from . import _fused, reference, surrogate
 
 
 class Leaky(snntorch.Leaky):
@@ -161,9 +161,12 @@ class Leaky(snntorch.Leaky):
 
     def _fused_sequence(self, cur_seq, mem, b_th):
         sg = self.spike_grad
+        # Per step, the float32 reset flags promote a float16/bfloat16 membrane to float32
+        # from the first step on; the fused sequence computes in that dtype too.
+        work = torch.promote_types(cur_seq.dtype, torch.float32)
         spk, mem_seq = _fused.lif_sequence(
-            cur_seq, mem, self.beta.clamp(0, 1), self.threshold, gamma=1.0,
-            reset=int(self.reset_mechanism_val), shape=sg.shape, p=sg.p, b_th=b_th,
+            cur_seq.to(work), mem.to(work), self.beta.clamp(0, 1), self.threshold, gamma=1.0,
+            reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p, b_th=b_th,
         )
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
         # γ outside the op lets autograd handle a learnable factor.

@@ -114,7 +114,7 @@ def _check_u(u):
         got = u.dtype if isinstance(u, torch.Tensor) else type(u).__name__
         raise TypeError(
             "surrogate input u (membrane minus threshold) must be a floating-point tensor "
-            f"(float32/float64; float16/bfloat16 on CUDA), got {got}"
+            f"(float16/bfloat16/float32/float64), got {got}"
         )
 
 
@@ -151,6 +151,7 @@ class SparseSurrogate:
     def __call__(self, u):
         _check_u(u)
         b_th = math.inf if self.b_th is None else self.b_th
+        u = u.to(_ops.compute_dtype(u))
         return torch.ops.snntorch_sparse.spike(u, self.shape, self.p, b_th, 1.0)[0].float()
 
     def __eq__(self, other):

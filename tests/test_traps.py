@@ -188,3 +188,73 @@ def test_trace_form_still_serves_binary_input():
     torch.nn.init.uniform_(layer.weight, -0.1, 0.3)
     layer((torch.rand(40, 4, 30, dtype=F64) < 0.2).to(F64)).sum().backward()
     assert layer._report["dw"] == "trace"
+
+
+# --------------------------------------- 8. float16/bfloat16 on the CPU, like snnTorch
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_per_step_leaky_half_matches_snntorch(dtype):
+    import snntorch
+
+    torch.manual_seed(0)
+    cur = (torch.rand(6, 3, 8) * 1.5).to(dtype)
+    outs = []
+    for cls, kw in ((snntorch.Leaky, {}), (snn.Leaky, {"b_th": None})):
+        lif = cls(beta=0.9, **kw)
+        c = cur.clone().requires_grad_()
+        mem, loss = torch.zeros(3, 8, dtype=dtype), 0
+        for t in range(6):
+            spk, mem = lif(c[t], mem)
+            loss = loss + spk.sum() + 0.1 * mem.sum()
+        loss.backward()
+        outs.append((spk, mem, c.grad))
+    for got, want in zip(outs[1], outs[0]):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_forward_sequence_half_equals_its_per_step_loop(dtype):
+    torch.manual_seed(0)
+    cur = (torch.rand(12, 3, 8) * 1.5).to(dtype)
+    lif = snn.Leaky(beta=0.9, b_th=0.4)
+    c1 = cur.clone().requires_grad_()
+    spk, mem = lif.forward_sequence(c1)
+    (spk.sum() + 0.1 * mem.sum()).backward()
+    c2 = cur.clone().requires_grad_()
+    m, spks, mems = torch.zeros(3, 8, dtype=dtype), [], []
+    for t in range(12):
+        s, m = lif(c2[t], m)
+        spks.append(s)
+        mems.append(m)
+    (torch.stack(spks).sum() + 0.1 * torch.stack(mems).sum()).backward()
+    assert spk.dtype == spks[0].dtype and mem.dtype == mems[0].dtype and c1.grad.dtype == dtype
+    torch.testing.assert_close(spk, torch.stack(spks))
+    torch.testing.assert_close(mem, torch.stack(mems))
+    torch.testing.assert_close(c1.grad, c2.grad)
+    assert c1.grad.count_nonzero() > 0
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_spiking_linear_half_on_cpu_computes_in_float32(dtype):
+    torch.manual_seed(0)
+    grads, outs = {}, {}
+    x = (torch.rand(10, 4, 16) < 0.3).to(dtype)
+    for dt in (dtype, torch.float32):
+        torch.manual_seed(1)
+        hidden = snn.SpikingLinear(16, 12, beta=0.9, threshold=0.3, b_th=0.3, dtype=dtype)
+        readout = snn.SpikingLinear(12, 5, beta=0.9, readout=True, dtype=dtype)
+        hidden.to(dt), readout.to(dt)
+        xi = x.to(dt).clone().requires_grad_()
+        out = readout(hidden(xi))
+        out.max(0).values.sum().backward()
+        outs[dt] = out
+        grads[dt] = (xi.grad, hidden.weight.grad, readout.weight.grad)
+    assert outs[dtype].dtype == dtype
+    torch.testing.assert_close(outs[dtype], outs[torch.float32].to(dtype))
+    for g, w in zip(grads[dtype], grads[torch.float32]):
+        assert g.dtype == dtype and w.count_nonzero() > 0
+        # layer boundaries round the gradient to half precision: compare at that scale
+        torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=4e-3 * float(w.abs().max()))
