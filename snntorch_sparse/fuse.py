@@ -108,8 +108,9 @@ def fuse(model, backward="sparse"):
 
     Args:
         model: the ``nn.Sequential``.
-        backward: "sparse" (the band-limited surrogate) or "dense" (the full surrogate,
-            the stock snnTorch gradient), for every SpikingLinear.
+        backward: "sparse" (the band-limited surrogate), "dense" (the full surrogate,
+            the stock snnTorch gradient) or "rate" (rate-based backpropagation, which
+            needs fixed β/θ and no loss on a hidden membrane), for every SpikingLinear.
 
     Example::
 

@@ -1,11 +1,12 @@
 """Drop-in sparse ``Leaky``: :class:`snntorch.Leaky` with a band-limited surrogate."""
 
 import contextlib
+import math
 
 import snntorch
 import torch
 
-from . import _fused, reference, surrogate
+from . import _fused, _rate, reference, surrogate
 
 
 class Leaky(snntorch.Leaky):
@@ -120,7 +121,11 @@ class Leaky(snntorch.Leaky):
                 zeros, or the stored ``self.mem`` when ``init_hidden=True`` and it has one
                 step's shape.
             backward (str): ``"sparse"`` uses the band ``self.b_th``; ``"dense"`` the
-                full surrogate (``b_th=None``) for this call.
+                full surrogate (``b_th=None``) for this call; ``"rate"`` rate-based
+                backpropagation (DESIGN.md §2): the same forward, keeping only the
+                eligibility ``e = mean_t κ[t]·dS/dU[t]`` (band ``self.b_th``), and
+                ``∂L/∂I[t] = e ⊙ Σ_s ∂L/∂S[s] / T``. Needs the fused path and a fixed β/θ
+                and ``mem``; no gradient flows through ``mem_seq``.
 
         Returns:
             ``(spk_seq, mem_seq)``, both ``[T, ...]``. ``self.mem`` is left at
@@ -135,14 +140,14 @@ class Leaky(snntorch.Leaky):
             >>> spk.shape
             torch.Size([25, 8, 100])
         """
-        if backward not in ("sparse", "dense"):
-            raise ValueError(f'backward must be "sparse" or "dense", got {backward!r}')
+        if backward not in ("sparse", "dense", "rate"):
+            raise ValueError(f'backward must be "sparse", "dense" or "rate", got {backward!r}')
         if not isinstance(cur_seq, torch.Tensor) or cur_seq.dim() < 2:
             raise ValueError("cur_seq must be a tensor [T, ...] with a leading time dimension, "
                              f"got {getattr(cur_seq, 'shape', type(cur_seq).__name__)}")
         if cur_seq.shape[0] == 0:
             raise ValueError("cur_seq must hold at least one time step, got T = 0")
-        b_th = self.b_th if backward == "sparse" else None
+        b_th = None if backward == "dense" else self.b_th
         if mem is None:
             use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]
             mem = self.mem if use_stored else torch.zeros_like(cur_seq[0])
@@ -152,18 +157,28 @@ class Leaky(snntorch.Leaky):
                      for t in (self.beta, self.threshold, mem))
         fusable = (not (self.inhibition or self.state_quant or self.surrogate_disable or widens)
                    and self.reset_delay and isinstance(self.spike_grad, surrogate.SparseSurrogate))
+        if backward == "rate" and not fusable:
+            raise ValueError("forward_sequence(backward='rate') needs the fused path: no "
+                             "inhibition, state_quant, surrogate_disable, reset_delay=False, "
+                             "widening per-neuron β/θ/mem, and a compiled surrogate shape")
         if fusable:
-            spk_seq, mem_seq = self._fused_sequence(cur_seq, mem, b_th)
+            spk_seq, mem_seq = self._fused_sequence(cur_seq, mem, b_th, backward == "rate")
         else:
             spk_seq, mem_seq = self._stepwise_sequence(cur_seq, mem, b_th)
         self.mem = mem_seq[-1].clone()  # a view would keep all T steps alive
         return spk_seq, mem_seq
 
-    def _fused_sequence(self, cur_seq, mem, b_th):
+    def _fused_sequence(self, cur_seq, mem, b_th, rate=False):
         sg = self.spike_grad
         # Per step, the float32 reset flags promote a float16/bfloat16 membrane to float32
         # from the first step on; the fused sequence computes in that dtype too.
         work = torch.promote_types(cur_seq.dtype, torch.float32)
+        if rate:  # no band tag: the rate input gradient is not limited to a band
+            nrn = _fused.Neuron(1.0, reference.RESETS.index(self.reset_mechanism), sg.shape,
+                                sg.p, math.inf if b_th is None else b_th)
+            spk, mem_seq = _rate.rate_lif_sequence(cur_seq.to(work), mem.to(work),
+                                                   self.beta.clamp(0, 1), self.threshold, nrn)
+            return spk.float() * self.graded_spikes_factor, mem_seq
         spk, mem_seq = _fused.lif_sequence(
             cur_seq.to(work), mem.to(work), self.beta.clamp(0, 1), self.threshold, gamma=1.0,
             reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p, b_th=b_th,

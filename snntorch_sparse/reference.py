@@ -306,3 +306,58 @@ def spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT, shap
         return mem
     spk, _ = lif_sequence(cur, mem0, beta, theta, gamma, reset, shape, p, b_th)
     return spk
+
+
+def rate_eligibility(mem, mem0, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
+                     b_th=0.2):
+    """``κ [T, ...]`` and ``e = (1/T)·Σ_t κ[t]·dS/dU[t]`` by the literal recursion of DESIGN.md
+    §2: ``κ[1] = 1``, ``κ[t] = 1 + a[t]·κ[t−1]``, ``a = β`` (subtract, none) or
+    ``β·(1 − r[t])`` (zero), ``dS/dU = γ·g(U − θ)·[|U − θ| < B_th]``. All detached."""
+    mem, mem0 = mem.detach(), mem0.detach()
+    beta = beta.detach().clamp(0, 1)
+    u = mem - theta
+    sg = surrogate_grad(torch.ones_like(u), u, shape, p) * gamma
+    if b_th is not None and not math.isinf(b_th):
+        sg = torch.where(u.abs() < b_th, sg, torch.zeros_like(sg))
+    prev = torch.cat((mem0.expand_as(mem[:1]), mem[:-1]))
+    kappas = []
+    kappa = None
+    for t in range(mem.shape[0]):
+        if kappa is None:
+            kappa = torch.ones_like(mem[0])
+        else:
+            a = beta * (1 - (prev[t] - theta > 0).to(mem.dtype)) if reset == ZERO else beta
+            kappa = 1 + a * kappa
+        kappas.append(kappa)
+    kappa = torch.stack(kappas)
+    return kappa, (kappa * sg).mean(0)
+
+
+def rate_spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN,
+                        p=2.0, b_th=0.2, readout=False, mem0=None):
+    """``SpikingLinear(backward="rate")`` by plain autograd: the straight-through form of
+    DESIGN.md §2. With ``c = x̄·Wᵀ + b`` (``x̄`` the mean of ``x`` over t),
+
+        out = S + (c·e − detach(c·e))          broadcast over T (hidden layer)
+        out = U + (c·κ[t] − detach(c·κ[t]))    (readout: the membrane, κ per step)
+
+    so the forward is the spiking forward and the gradients are ``δ = e ⊙ Σ_t G[t]``
+    (readout ``Σ_t κ[t]·G[t]``), ``∂W = δᵀx̄``, ``∂b = Σ_b δ``, ``∂X[t] = δW/T``.
+    Pass ``x = cur`` and ``weight = None`` for a bare Leaky layer (``c = x̄``).
+    """
+    with torch.no_grad():
+        cur = x if weight is None else x @ weight.t() + (0 if bias is None else bias)
+        m0 = torch.zeros_like(cur[0]) if mem0 is None else mem0.expand_as(cur[0])
+        if readout:
+            _, mem = lif_sequence(cur, m0, beta, torch.full_like(cur[0], math.inf), gamma,
+                                  NONE, shape, p, b_th)
+        else:
+            out, mem = lif_sequence(cur, m0, beta, theta, gamma, reset, shape, p, b_th)
+        kappa, e = rate_eligibility(mem, m0, beta, theta if not readout else math.inf,
+                                    gamma, reset if not readout else NONE, shape, p, b_th)
+    c = x.mean(0) if weight is None else x.mean(0) @ weight.t()
+    if bias is not None and weight is not None:
+        c = c + bias
+    if readout:
+        return mem + (c * kappa - (c * kappa).detach())
+    return out + (c * e - (c * e).detach())

@@ -6,7 +6,7 @@ import numbers
 import torch
 from torch import nn
 
-from . import _fused
+from . import _fused, _rate
 from .reference import NONE, RESETS
 
 BACKWARDS = ("sparse", "dense", "rate")
@@ -92,7 +92,16 @@ class SpikingLinear(nn.Module):
 
     Backward ``"dense"`` runs the same kernels with no band and dense GEMMs, keeping the
     input as is: the fair dense baseline, whose gradients equal snnTorch's per-step
-    ``Linear`` + ``Leaky``. ``"rate"`` (rate-based backpropagation) is planned.
+    ``Linear`` + ``Leaky``.
+
+    Backward ``"rate"`` (rate-based backpropagation, DESIGN.md §2, module ``_rate``): the
+    same forward, but the layer keeps only the input rate ``x̄ = mean_t X[t]`` ``[B, in]``
+    and the eligibility ``e = mean_t κ[t]·dS/dU[t]`` ``[B, out]`` (``κ[t] = 1 + a[t]κ[t−1]``,
+    band-limited when ``b_th`` is finite), independent of T. With ``ĝ = Σ_t ∂L/∂S[t]`` and
+    ``δ = e ⊙ ĝ``: ``∂W = δᵀx̄``, ``∂b = Σ_b δ``, ``∂X[t] = δW/T`` for every t (a readout:
+    ``δ = Σ_t κ[t]·∂L/∂U[t]``). Exact BPTT when inputs and upstream gradients are constant
+    in t, an approximation otherwise (a rate code). Its output carries no band tag; a
+    learnable β/θ, a ``mem`` requiring grad or a gradient into a hidden membrane raise.
 
     Args:
         in_features, out_features: as ``nn.Linear``.
@@ -106,7 +115,7 @@ class SpikingLinear(nn.Module):
         reset_mechanism: "subtract", "zero" or "none".
         learn_beta, learn_threshold: make β / θ learnable parameters.
         readout: the infinite-threshold readout (returns the membrane).
-        backward: "sparse" or "dense".
+        backward: "sparse", "dense" or "rate".
         graded_spikes_factor: γ, a fixed float.
         device, dtype: as ``nn.Linear``.
 
@@ -126,12 +135,12 @@ class SpikingLinear(nn.Module):
                  learn_threshold=False, readout=False, backward="sparse",
                  graded_spikes_factor=1.0, device=None, dtype=None):
         super().__init__()
-        if backward == "rate":
-            raise NotImplementedError("backward='rate' (rate-based backpropagation) is "
-                                      "planned but not implemented yet; use 'sparse' or "
-                                      "'dense'")
         if backward not in BACKWARDS:
-            raise ValueError(f"backward must be 'sparse' or 'dense', got {backward!r}")
+            raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+        if backward == "rate" and (learn_beta or learn_threshold):
+            raise ValueError("backward='rate' defines no gradient for a learnable beta or "
+                             "threshold: use learn_beta=learn_threshold=False, or "
+                             "backward='sparse'/'dense'")
         if reset_mechanism not in RESETS:
             raise ValueError(f"reset_mechanism must be one of {RESETS}, got "
                              f"{reset_mechanism!r}")
@@ -215,6 +224,10 @@ class SpikingLinear(nn.Module):
         """``(output, membrane)`` over the sequence; the output is the spikes (membrane
         for a readout)."""
         self._check(x, mem)
+        if self.backward == "rate":
+            return _rate.rate_spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
+                                             self.threshold, mem, self._config().neuron,
+                                             self.readout)
         return _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
                                      self.threshold, mem, self._config())
 

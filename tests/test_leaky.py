@@ -551,6 +551,6 @@ def test_forward_sequence_state_handling():
     plain.mem = torch.full((2, 3), 5.0)
     assert torch.equal(plain.forward_sequence(x)[1], Leaky(beta=0.8).forward_sequence(x)[1])
     with pytest.raises(ValueError, match="backward"):
-        lif.forward_sequence(x, backward="rate")
+        lif.forward_sequence(x, backward="fast")
     with pytest.raises(ValueError, match="cur_seq"):
         lif.forward_sequence(torch.rand(3))

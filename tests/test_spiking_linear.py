@@ -325,8 +325,6 @@ def test_bad_input():
         layer(torch.rand(5, 2, 6, device="meta"))
     with pytest.raises(ValueError, match=r"mem must be a tensor of shape \[B, out_features\]"):
         layer(torch.rand(5, 2, 6), torch.zeros(3, 4))
-    with pytest.raises(NotImplementedError, match="planned"):
-        SpikingLinear(6, 4, beta=0.9, backward="rate")
     with pytest.raises(ValueError, match="backward"):
         SpikingLinear(6, 4, beta=0.9, backward="fast")
     with pytest.raises(ValueError, match="reset_mechanism"):
