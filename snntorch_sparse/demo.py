@@ -10,6 +10,7 @@ Example::
 
     python -m snntorch_sparse demo                         # digits, offline, ~1–2 min
     python -m snntorch_sparse demo --dataset shd --data-dir ~/data --device cuda
+    python -m snntorch_sparse demo --backward rate --grad-scale-T   # dense vs rate-based
 """
 
 import json
@@ -44,6 +45,12 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--max-batches", type=positive_int, default=None,
                    help="training batches per epoch at most (quick runs)")
+    p.add_argument("--backward", default="sparse", choices=["sparse", "rate"],
+                   help="the backward compared with dense BPTT: sparse (default) or rate "
+                        "(rate-based backpropagation)")
+    p.add_argument("--grad-scale-T", action="store_true",
+                   help="divide the loss (every gradient) by T, as the rate-based "
+                        "backpropagation authors train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's; 1 avoids oversubscription "
@@ -83,7 +90,7 @@ def compare(dense, sparse):
     return out
 
 
-def format_table(cfg, cmp):
+def format_table(cfg, cmp, name="sparse"):
     """The report as a Markdown table (plain text friendly)."""
     acc, act = cmp["test_accuracy"], cmp["activity"]
     rows = [("test accuracy (%)", f"{100 * acc[0]:.1f}", f"{100 * acc[1]:.1f}")]
@@ -110,13 +117,13 @@ def format_table(cfg, cmp):
              f"batch {cfg.batch_size}, {cfg.epochs} epochs, {cfg.device}, B_th={cfg.b_th}, "
              f"seed {cfg.seed}")
     width = max(len(r[0]) for r in rows)
-    lines = [title, "", f"| {'':{width}} | {'dense':>8} | {'sparse':>8} |",
+    lines = [title, "", f"| {'':{width}} | {'dense':>8} | {name:>8} |",
              f"|{'-' * (width + 2)}|{'-' * 9}:|{'-' * 9}:|"]
     lines += [f"| {a:{width}} | {b:>8} | {c:>8} |" for a, b, c in rows]
     return "\n".join(lines)
 
 
-def plot(dense, sparse, path):
+def plot(dense, sparse, path, name="sparse"):
     """Loss per batch, test accuracy per epoch, hidden activity over training and time per
     batch, dense vs sparse."""
     import matplotlib
@@ -127,11 +134,9 @@ def plot(dense, sparse, path):
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     (loss_ax, acc_ax), (act_ax, time_ax) = axes
-    colours = {"dense": "tab:blue", "sparse": "tab:orange"}
-    for name, res in (("dense", dense), ("sparse", sparse)):
+    for name, res, c in (("dense", dense, "tab:blue"), (name, sparse, "tab:orange")):
         hist = res["history"]
         steps = range(len(hist))
-        c = colours[name]
         loss_ax.plot(steps, [r["loss"] for r in hist], color=c, label=name, lw=1)
         acc_ax.plot([e["epoch"] + 1 for e in res["epochs"]],
                     [100 * e["test_accuracy"] for e in res["epochs"]], "o-", color=c,
@@ -170,18 +175,19 @@ def run(args, argv=()):
     base = paper.Config(dataset=args.dataset, data_dir=args.data_dir, device=args.device,
                         b_th=args.b_th, seed=args.seed, hidden=args.hidden, epochs=args.epochs,
                         batch_size=args.batch_size, max_batches=args.max_batches,
-                        progress=not args.no_progress,
+                        progress=not args.no_progress, grad_scale_T=args.grad_scale_T,
                         num_workers=0 if args.dataset in ("digits", "fmnist") else 2)
     cfg = base.resolved()
     datasets = data.load(cfg.dataset, data_dir=cfg.data_dir, num_steps=cfg.num_steps)
     results = {}
     t0 = time.perf_counter()
-    for mode in ("dense", "sparse"):
+    other = args.backward
+    for mode in ("dense", other):
         run_cfg = paper.Config(**{**vars(base), "backward": mode, "label": mode})
         results[mode] = paper.train(run_cfg, datasets=datasets)
     elapsed = time.perf_counter() - t0
-    cmp = compare(results["dense"], results["sparse"])
-    table = format_table(cfg, cmp)
+    cmp = compare(results["dense"], results[other])
+    table = format_table(cfg, cmp, other)
     print(table)
     report = {
         "command": " ".join([PROG, *argv]),
@@ -195,7 +201,7 @@ def run(args, argv=()):
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
-    plot(results["dense"], results["sparse"], os.path.join(args.out, "demo.png"))
+    plot(results["dense"], results[other], os.path.join(args.out, "demo.png"), other)
     print(f"\n{elapsed:.0f} s; wrote {os.path.join(args.out, 'results.json')} and "
           f"{os.path.join(args.out, 'demo.png')}")
     load, cores = _load(), os.cpu_count() or 1

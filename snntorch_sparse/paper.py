@@ -72,7 +72,7 @@ class PaperNet(nn.Module):
         num_inputs, hidden, num_classes: layer widths.
         beta_hidden, beta_readout: decays :math:`β = e^{-Δt/τ}`.
         b_th: band half-width (also used to measure activity in dense mode).
-        backward: "sparse" or "dense", or a sequence of three (one per layer).
+        backward: "sparse", "dense" or "rate", or a sequence of three (one per layer).
         threshold, slope: :math:`θ` and the surrogate slope k.
         init_gain: a, the width of the initial weights in units of 1/√fan-in.
 
@@ -180,8 +180,11 @@ def paper_loss(readout_mem, hidden_spikes, labels, logits="max",
 @dataclasses.dataclass
 class Config:
     """One training run. ``None`` fields take the dataset's values from :data:`PARAMS`
-    (and :data:`data.DATASETS` for T and Δt). ``backward`` is "sparse", "dense" or three
-    modes (one per layer). ``max_batches`` caps the training batches per epoch (tests)."""
+    (and :data:`data.DATASETS` for T and Δt). ``backward`` is "sparse", "dense", "rate" or
+    three modes (one per layer). ``max_batches`` caps the training batches per epoch
+    (tests). ``grad_scale_T``: divide the loss, hence every gradient, by T — the rate-based
+    backpropagation authors' training choice (their code's loss/T), off by default; with
+    Adam it changes little beyond the effective ε."""
 
     dataset: str = "digits"
     data_dir: Optional[str] = None
@@ -198,6 +201,7 @@ class Config:
     num_workers: int = 0
     progress: bool = False
     label: str = ""
+    grad_scale_T: bool = False
 
     def resolved(self):
         """A copy with every ``None`` filled in from the paper's table; validates."""
@@ -284,6 +288,8 @@ def train_step(model, optimizer, x, y, cfg):
         t0 = clock.now()
         out, spikes, mems = model.run(x, kept=kept)
         loss, parts = paper_loss(out, spikes, y, logits=table["logits"], nu_up=table["nu_up"])
+        if cfg.grad_scale_T:
+            loss = loss / x.shape[0]
         t1 = clock.now()
         # Measured outside the timed regions; the membranes are then released, so that
         # neither mode holds them during its backward.

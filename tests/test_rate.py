@@ -227,3 +227,27 @@ def test_mixed_stack_and_fuse(gen):
     fused = snn.fuse(seq, backward="rate")
     assert all(m.backward == "rate" for m in fused.modules()
                if isinstance(m, snn.SpikingLinear))
+
+
+def test_paper_and_demo_accept_rate(tmp_path):
+    from snntorch_sparse import demo, paper
+
+    datasets = None
+    grads = {}
+    for scale in (False, True):
+        cfg = paper.Config(dataset="digits", backward="rate", epochs=1, max_batches=1,
+                           hidden=16, batch_size=8, grad_scale_T=scale).resolved()
+        if datasets is None:
+            from snntorch_sparse import data
+            datasets = data.load("digits", num_steps=cfg.num_steps)
+        torch.manual_seed(0)
+        net = cfg.network(64, 10)
+        x, y = next(iter(data.loader(datasets[0], 8)))
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        paper.train_step(net, opt, x, y, cfg)
+        grads[scale] = net.readout.weight.grad.clone()
+    assert grads[False].abs().max() > 0
+    torch.testing.assert_close(grads[True], grads[False] / cfg.num_steps)
+    assert demo.main(["--backward", "rate", "--epochs", "1", "--max-batches", "1",
+                      "--hidden", "16", "--batch-size", "8", "--no-progress",
+                      "--out", str(tmp_path)]) == 0
