@@ -150,8 +150,10 @@ def figure(rows, path, title):
     for mode, c in zip(MODES, ("tab:blue", "tab:orange", "tab:green")):
         rs = [r for r in rows if r["mode"] == mode]
         Ts = [r["T"] for r in rs]
-        axes[0].plot(Ts, [max(r["kept_bytes"], 1) / 1e6 for r in rs], "o-", color=c, label=mode)
-        axes[1].plot(Ts, [max(r["peak_bytes"], 1) / 1e6 for r in rs], "o-", color=c, label=mode)
+        axes[0].plot(Ts, [r["kept_bytes"] / 1e6 for r in rs], "o-", color=c, label=mode)
+        pk = [r for r in rs if r["peak_bytes"] > 0]  # CPU RSS growth may read 0 at small T
+        axes[1].plot([r["T"] for r in pk], [r["peak_bytes"] / 1e6 for r in pk], "o-", color=c,
+                     label=mode)
         axes[2].plot(Ts, [r["backward_ms"] for r in rs], "o-", color=c, label=f"{mode} backward")
         axes[2].plot(Ts, [r["forward_ms"] for r in rs], ":", color=c, label=f"{mode} forward")
     axes[0].set(title="kept for backward", ylabel="MB")
