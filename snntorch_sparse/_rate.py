@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fused import _empty_bits, _needs_rbits, _neuron_forward, _per_element, _reset_bits
-from ._ops import first_order_only, ops
+from ._ops import compute_dtype, first_order_only, ops
 from .reference import NONE
 
 
@@ -130,6 +130,12 @@ def rate_spiking_linear(x, weight, bias, beta, theta, mem0, nrn, readout):
     """``(out, mem)`` of a ``SpikingLinear`` with the rate backward; ``out`` is the spikes
     ``[T, B, n_out]`` (the membrane for a readout). ``beta`` clamped by the caller."""
     _check_fixed(beta, theta, mem0, "SpikingLinear")
+    work = compute_dtype(x)
+    if work != x.dtype:  # float16/bfloat16 on the CPU: computed in float32 (as _fused)
+        cast = lambda t: None if t is None else t.to(work)  # noqa: E731
+        out, mem = rate_spiking_linear(x.to(work), weight.to(work), cast(bias), beta, theta,
+                                       cast(mem0), nrn, readout)
+        return out.to(x.dtype), mem.to(x.dtype)
     if readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     spk, mem = _RateLayer.apply(x, weight, bias, beta, theta, mem0, nrn, readout,

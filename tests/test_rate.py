@@ -251,3 +251,16 @@ def test_paper_and_demo_accept_rate(tmp_path):
     assert demo.main(["--backward", "rate", "--epochs", "1", "--max-batches", "1",
                       "--hidden", "16", "--batch-size", "8", "--no-progress",
                       "--out", str(tmp_path)]) == 0
+
+
+def test_half_precision_on_cpu_computes_in_float32():
+    torch.manual_seed(0)
+    ref = snn.SpikingLinear(6, 4, beta=0.9, backward="rate")
+    half = snn.SpikingLinear(6, 4, beta=0.9, backward="rate", dtype=torch.bfloat16)
+    half.weight.data.copy_(ref.weight.data)
+    x = (torch.rand(10, 2, 6) < 0.5).float()
+    xh = x.to(torch.bfloat16).requires_grad_()
+    out = half(xh)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert xh.grad.dtype == torch.bfloat16 and half.weight.grad.abs().sum() > 0
