@@ -464,3 +464,11 @@ def test_dw_trace_without_rows_returns_zeros_at_once(device, T, B):
     e = torch.zeros(0, dtype=torch.float64, device=device)
     out = ops.dw_trace(rowptr, cols, e, colptr, rows, e, 0.9, T, B, 5)
     assert out.shape == (3, 5) and out.dtype == torch.float64 and not out.any()
+
+
+def test_dw_spikes_without_outputs_returns_at_once(device):
+    """A zero-width delta ([R, 0], no memory however large R) is no work: no walk over R."""
+    colptr, rows = _empty_csc(3, device)
+    delta = torch.empty(2**60, 0, dtype=torch.float64, device=device)
+    out = ops.dw_spikes(delta, colptr, rows, delta.new_empty(0), 3)
+    assert out.shape == (3, 0)
