@@ -197,13 +197,15 @@ def _needs(ctx, track):
 def tag_band(t, bits):
     """Mark ``t`` as gradient-limited to the band ``bits`` (packed over ``t``'s elements).
 
-    The tag is bound to ``t``'s current version and ``grad_fn``: :func:`band_of` drops it
-    once ``t`` is modified in place, so it can never describe values ``t`` no longer holds.
+    The tag is bound to ``t``'s current version, ``grad_fn`` and data pointer:
+    :func:`band_of` drops it once ``t`` is modified in place or its data is replaced
+    (``t.data = ...``, which bumps no version), so it can never describe values ``t`` no
+    longer holds.
     Under ``torch.compile`` no tag is set (a traced graph has no tensor attributes): the
     downstream input gradient is then computed densely, the same values at the leaves.
     """
     if not torch.compiler.is_compiling():
-        t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn)
+        t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn, t.data_ptr())
     return t
 
 
@@ -212,8 +214,9 @@ def band_of(t):
     tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
     if tag is None:
         return None
-    bits, shape, version, grad_fn = tag
-    if t._version != version or t.grad_fn is not grad_fn or t.shape != shape:
+    bits, shape, version, grad_fn, ptr = tag
+    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
+            or t.shape != shape):
         return None
     return bits
 

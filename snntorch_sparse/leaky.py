@@ -147,6 +147,10 @@ class Leaky(snntorch.Leaky):
                              f"got {getattr(cur_seq, 'shape', type(cur_seq).__name__)}")
         if cur_seq.shape[0] == 0:
             raise ValueError("cur_seq must hold at least one time step, got T = 0")
+        if mem is not None and not isinstance(mem, torch.Tensor):
+            # snnTorch's per-step call refuses a non-tensor membrane too (a buffer)
+            raise TypeError("mem must be a tensor shaped like one step "
+                            f"{list(cur_seq.shape[1:])} or None, got {type(mem).__name__}")
         b_th = None if backward == "dense" else self.b_th
         if mem is None:
             use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]

@@ -170,13 +170,22 @@ class SpikingLinear(nn.Module):
         else:
             self.register_buffer("threshold", threshold)
         self.spike_grad = _surrogate(spike_grad, b_th)
-        self.b_th = self.spike_grad.b_th
         self.reset_mechanism = reset_mechanism
         self.graded_spikes_factor = float(graded_spikes_factor)
         self.readout = bool(readout)
         self.backward = backward
         self._dw_form = None  # tests force "spikes" / "trace"; None chooses per call
         self._report = {}  # what the last backward did (tests)
+
+    @property
+    def b_th(self):
+        """Band half-width B_th of the surrogate (``None``: dense). Setting it re-bands
+        ``spike_grad`` and is validated like the constructor's ``b_th``."""
+        return self.spike_grad.b_th
+
+    @b_th.setter
+    def b_th(self, value):
+        self.spike_grad = self.spike_grad.with_band(value)
 
     def reset_parameters(self):
         """``nn.Linear``'s default initialisation (Kaiming-uniform weight and bias)."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import snntorch_sparse as snn
-from snntorch_sparse import _fused, surrogate
+from snntorch_sparse import _fused, reference as R, surrogate
 from snntorch_sparse.reference import ATAN
 
 F64 = torch.float64
@@ -74,6 +74,40 @@ def test_band_tag_never_masks_a_modified_input(name):
         if g is not None:
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     assert got[3].count_nonzero() > 0
+
+
+@pytest.mark.parametrize("name", ["residual_add", "gain_mul", "slice_assign",
+                                  "in_place_through_view"])
+def test_leaky_sequence_band_tag_never_masks_a_modified_input(name):
+    """Leaky.forward_sequence → in-place change → SpikingLinear: the gradients equal plain
+    autograd on reference.py, where no band hint exists."""
+    torch.manual_seed(0)
+    cur = (torch.rand(9, 4, 10, dtype=F64) * 0.5).requires_grad_()
+    extra = torch.randn(9, 4, 10, requires_grad=True)
+    l2 = snn.SpikingLinear(10, 6, beta=0.8, threshold=0.2, b_th=0.3)
+    w_out = torch.randn(9, 4, 6)
+    h, _ = snn.Leaky(beta=0.9, threshold=0.5, b_th=0.3).forward_sequence(cur)
+    assert _fused.band_of(h) is not None and h.dtype == torch.float32
+    loss = (l2(TRANSFORMS[name](h, extra)) * w_out).sum()
+    got = torch.autograd.grad(loss, [cur, extra, l2.weight], allow_unused=True)
+
+    h_ref = R.lif_sequence(cur, torch.zeros_like(cur[0]), torch.tensor(0.9, dtype=F64),
+                           torch.tensor(0.5, dtype=F64), b_th=0.3)[0].float()
+    out_ref = R.spiking_linear(TRANSFORMS[name](h_ref, extra), l2.weight, None, l2.beta,
+                               l2.threshold, b_th=0.3)
+    want = torch.autograd.grad((out_ref * w_out).sum(), [cur, extra, l2.weight],
+                               allow_unused=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert not l2._report["dx_masked"] and got[1].count_nonzero() > 0
+
+
+def test_band_tag_voided_by_data_replacement():
+    """``t.data = ...`` bumps no version counter; the tag still notices."""
+    h = snn.SpikingLinear(12, 10, beta=0.9, threshold=0.3, b_th=0.2)(torch.rand(9, 4, 12))
+    assert _fused.band_of(h) is not None
+    h.data = torch.ones_like(h)
+    assert _fused.band_of(h) is None
 
 
 def test_band_tag_of_leaky_sequence_voided_by_in_place_ops():
@@ -144,6 +178,9 @@ def test_every_entry_point_rejects_bad_b_th(b_th):
         lambda: surrogate.atan(b_th=b_th),
         lambda: surrogate.fast_sigmoid(b_th=b_th),
         lambda: snn.sparsify(torch.nn.Sequential(snn.Leaky(beta=0.9)), b_th=b_th),
+        lambda: setattr(snn.Leaky(beta=0.9), "b_th", b_th),
+        lambda: setattr(snn.SpikingLinear(3, 2, beta=0.9), "b_th", b_th),
+        lambda: surrogate.sparse(surrogate.sigmoid(), b_th=b_th),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="b_th"):
@@ -153,6 +190,20 @@ def test_every_entry_point_rejects_bad_b_th(b_th):
 def test_forward_sequence_rejects_empty_sequence():
     with pytest.raises(ValueError, match="T = 0"):
         snn.Leaky(beta=0.9).forward_sequence(torch.rand(0, 2, 3))
+
+
+def test_spiking_linear_b_th_setter_rebands_its_surrogate():
+    layer = snn.SpikingLinear(3, 2, beta=0.9, b_th=0.2)
+    layer.b_th = 0.5
+    assert layer.b_th == 0.5 and layer.spike_grad.b_th == 0.5
+    layer.b_th = None
+    assert layer._config().neuron.b_th == math.inf
+
+
+@pytest.mark.parametrize("mem", [0.5, "0.5", [0.5]], ids=["float", "str", "list"])
+def test_forward_sequence_names_a_bad_mem(mem):
+    with pytest.raises(TypeError, match="mem must be a tensor"):
+        snn.Leaky(beta=0.9).forward_sequence(torch.rand(4, 2, 3), mem=mem)
 
 
 def test_lif_sequence_names_a_bad_mem0():
@@ -258,3 +309,16 @@ def test_spiking_linear_half_on_cpu_computes_in_float32(dtype):
         assert g.dtype == dtype and w.count_nonzero() > 0
         # layer boundaries round the gradient to half precision: compare at that scale
         torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=4e-3 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("make", [surrogate.atan, surrogate.fast_sigmoid, surrogate.sigmoid,
+                                  surrogate.triangular, surrogate.straight_through])
+def test_surrogates_accept_half_on_cpu(dtype, make):
+    sg = make(b_th=0.3)
+    u = (torch.rand(200) - 0.5).to(dtype)
+    got, want = u.clone().requires_grad_(), u.float().requires_grad_()
+    sg(got).sum().backward()
+    sg(want).sum().backward()
+    assert got.grad.dtype == dtype and want.grad.count_nonzero() > 0
+    torch.testing.assert_close(got.grad, want.grad.to(dtype))

@@ -145,6 +145,9 @@ Tensor dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor&
   const Tensor delta = delta_in.contiguous(), cp = colptr.contiguous(), rw = rows.contiguous(),
                xvals = xvals_in.contiguous();
   Tensor out = at::empty({n_in, n_out}, delta.options());
+  // No outputs is no work: the row-tile walk below would otherwise step through all R
+  // rows of a zero-width delta (R can be huge at no memory cost), as the CUDA op avoids.
+  if (n_in == 0 || n_out == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dw_spikes_cpu", [&] {
     at::parallel_for(0, n_in, 1, [&](int64_t i0, int64_t i1) {
       std::vector<int64_t> next(i1 - i0);
