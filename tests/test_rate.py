@@ -264,3 +264,16 @@ def test_half_precision_on_cpu_computes_in_float32():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert xh.grad.dtype == torch.bfloat16 and half.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("readout", [False, True], ids=["hidden", "readout"])
+def test_input_gradient_is_expanded_not_materialised(readout):
+    """∂X[t] = δW/T is one [B, in] tensor broadcast over T (stride 0 in time)."""
+    layer = snn.SpikingLinear(6, 4, beta=0.9, readout=readout, backward="rate")
+    x = torch.rand(50, 3, 6, requires_grad=True)
+    seen = []
+    x.register_hook(lambda g: seen.append(g))
+    (layer(x) * torch.randn(50, 3, 4)).sum().backward()
+    g = seen[0]
+    assert g.stride()[0] == 0 and g.shape == x.shape
+    assert torch.equal(g[0], g[-1]) and g.abs().sum() > 0
