@@ -197,7 +197,7 @@ class _LIFSequence(torch.autograd.Function):
     """A Leaky layer over a whole sequence (see :func:`lif_sequence`)."""
 
     @staticmethod
-    def forward(ctx, cur, mem0, beta, theta, nrn, track):
+    def forward(ctx, cur, mem0, beta, theta, nrn, track, stats):
         T = cur.shape[0]
         step = cur.shape[1:]
         dt = cur.dtype
@@ -207,8 +207,10 @@ class _LIFSequence(torch.autograd.Function):
         mem0f = (torch.zeros_like(cur2d[0]) if mem0 is None
                  else _per_element(mem0, step, dt, "mem"))
         mem, spk, bits, vals = _neuron_forward(cur2d, mem0f, betaf, thetaf, nrn, True)
+        if stats is not None:
+            stats["in_band"] = vals.numel()  # the band size, already on the host
 
-        _, _, beta_grad, theta_grad, _, _ = _needs(ctx, track)
+        _, _, beta_grad, theta_grad, _, _, _ = _needs(ctx, track)
         rbits = (_reset_bits(mem0f, mem, thetaf) if _needs_rbits(nrn, theta_grad)
                  else _empty_bits(cur.device))
         ctx.save_for_backward(bits, vals, beta, rbits,
@@ -225,14 +227,14 @@ class _LIFSequence(torch.autograd.Function):
         bits, vals, beta, rbits, mem, mem0f = ctx.saved_tensors
         nrn, step = ctx.nrn, ctx.step
         if grad_spk is None and grad_mem is None:
-            return (None,) * 6
+            return (None,) * 7
         like = grad_spk if grad_spk is not None else grad_mem
         T = like.shape[0]
         flat = lambda g: None if g is None else g.reshape(T, -1)  # noqa: E731
         betaf = _per_element(beta, step, like.dtype, "beta")
         delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
                                               betaf, rbits, nrn)
-        need_cur, need_mem0, need_beta, need_theta, _, _ = ctx.needs_input_grad
+        need_cur, need_mem0, need_beta, need_theta, _, _, _ = ctx.needs_input_grad
         beta_meta, theta_meta, mem0_meta = ctx.meta
         d_cur = delta.view(like.shape) if need_cur else None
         d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
@@ -240,11 +242,11 @@ class _LIFSequence(torch.autograd.Function):
                   if need_beta else None)
         d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
                    if need_theta else None)
-        return d_cur, d_mem0, d_beta, d_theta, None, None
+        return d_cur, d_mem0, d_beta, d_theta, None, None, None
 
 
 def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
-                 b_th=0.2):
+                 b_th=0.2, stats=None):
     r"""A Leaky layer over a whole sequence in one fused forward and one fused backward.
 
     .. math::
@@ -266,6 +268,8 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         reset: ``reference.SUBTRACT`` / ``ZERO`` / ``NONE``.
         shape, p: surrogate shape id and parameter (see ``reference.surrogate_grad``).
         b_th: band half-width; None means the dense surrogate.
+        stats: a dict, or None; ``stats["in_band"]`` receives the band size (number of
+            in-band elements, known on the host without a sync) — an adaptive band's input.
 
     Returns:
         ``(spk, mem)``, both ``[T, ...]`` in ``cur``'s dtype; ``spk = γ·H(U − θ)``.
@@ -291,7 +295,8 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
     theta = torch.as_tensor(theta, device=cur.device)
     nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
                  math.inf if b_th is None else float(b_th))
-    spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled())
+    spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled(),
+                                        stats)
     return _mark_band(spk, bits, nrn), mem
 
 
@@ -305,7 +310,8 @@ class LinearConfig:
     no reset, the membrane is the output. ``dw_form``: force a weight-gradient form
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
-    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``).
+    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and the
+    forward with the band size (``"in_band"``).
     """
 
     neuron: Neuron
@@ -376,6 +382,8 @@ class _SpikingLinear(torch.autograd.Function):
                  else _per_element(mem0, step, dt, "mem"))
         mem, spk, bits, vals = _neuron_forward(cur, mem0f, betaf, thetaf, nrn,
                                                not cfg.readout)
+        if cfg.report is not None and not cfg.readout:
+            cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
 
         need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
         # The input, only if the weight gradient needs it: compact when sparse enough.

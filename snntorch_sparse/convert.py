@@ -43,7 +43,9 @@ def sparsify(model, b_th=0.2, all_neurons=False):
 
     Args:
         model (nn.Module): the model (or a single neuron).
-        b_th (float or None): band half-width; ``None`` keeps the dense surrogate.
+        b_th (float, None, "auto" or AdaptiveBand): band half-width; ``None`` keeps the
+            dense surrogate; ``"auto"`` / an :class:`AdaptiveBand` gives each neuron its
+            own adaptive band (see :class:`snntorch_sparse.surrogate.AdaptiveSurrogate`).
         all_neurons (bool): also band the surrogate of non-``Leaky`` snnTorch neurons.
 
     Returns:
@@ -70,5 +72,5 @@ def sparsify(model, b_th=0.2, all_neurons=False):
             _to_sparse_leaky(module, b_th)
         elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
                 module, "surrogate_disable", False):
-            module.spike_grad = surrogate.sparse(module.spike_grad, b_th)
+            surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, b_th))
     return model

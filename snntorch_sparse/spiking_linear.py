@@ -8,6 +8,7 @@ from torch import nn
 
 from . import _fused
 from .reference import NONE, RESETS
+from .surrogate import DEFAULT_B_TH, AdaptiveBand
 
 BACKWARDS = ("sparse", "dense", "rate")
 
@@ -19,7 +20,7 @@ def _surrogate(spike_grad, b_th):
     if spike_grad is None:
         spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
     sg = surrogate.sparse(spike_grad, b_th)
-    if not isinstance(sg, surrogate.SparseSurrogate):
+    if not isinstance(sg, (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)):
         raise ValueError(
             f"spike_grad {spike_grad!r} is not a compiled surrogate shape; SpikingLinear "
             "supports fast_sigmoid, atan, sigmoid, triangular and straight_through (ours or "
@@ -101,7 +102,11 @@ class SpikingLinear(nn.Module):
         spike_grad: surrogate: one of ``snntorch_sparse.surrogate``'s or snnTorch's
             fast_sigmoid/atan/sigmoid/triangular/straight_through; None is atan(α=2).
             Its band is replaced by ``b_th``.
-        b_th: band half-width B_th; None means the dense surrogate.
+        b_th: band half-width B_th; None means the dense surrogate; ``"auto"`` or an
+            :class:`~snntorch_sparse.AdaptiveBand`: the band follows the membrane to keep
+            the activity ρ at a target, updated after each training call from the band
+            size the forward already counts (module state ``spike_grad.width``).
+            Default: :data:`surrogate.DEFAULT_B_TH`.
         reset_mechanism: "subtract", "zero" or "none".
         learn_beta, learn_threshold: make β / θ learnable parameters.
         readout: the infinite-threshold readout (returns the membrane).
@@ -121,7 +126,7 @@ class SpikingLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, beta, threshold=1.0, bias=False,
-                 spike_grad=None, b_th=0.2, reset_mechanism="subtract", learn_beta=False,
+                 spike_grad=None, b_th=DEFAULT_B_TH, reset_mechanism="subtract", learn_beta=False,
                  learn_threshold=False, readout=False, backward="sparse",
                  graded_spikes_factor=1.0, device=None, dtype=None):
         super().__init__()
@@ -160,7 +165,7 @@ class SpikingLinear(nn.Module):
         else:
             self.register_buffer("threshold", threshold)
         self.spike_grad = _surrogate(spike_grad, b_th)
-        self.b_th = self.spike_grad.b_th
+        self.b_th = self.spike_grad.band  # the setting: a float, None or AdaptiveBand
         self.reset_mechanism = reset_mechanism
         self.graded_spikes_factor = float(graded_spikes_factor)
         self.readout = bool(readout)
@@ -178,6 +183,8 @@ class SpikingLinear(nn.Module):
     def _config(self):
         sg = self.spike_grad
         b_th = math.inf if (self.b_th is None or self.backward == "dense") else self.b_th
+        if isinstance(b_th, AdaptiveBand):
+            b_th = self.spike_grad.b_th  # its current width
         nrn = _fused.Neuron(self.graded_spikes_factor,
                             NONE if self.readout else RESETS.index(self.reset_mechanism),
                             sg.shape, sg.p, b_th)
@@ -214,8 +221,13 @@ class SpikingLinear(nn.Module):
         """``(output, membrane)`` over the sequence; the output is the spikes (membrane
         for a readout)."""
         self._check(x, mem)
-        return _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
-                                     self.threshold, mem, self._config())
+        cfg = self._config()
+        out = _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
+                                    self.threshold, mem, cfg)
+        if (cfg.neuron.banded and not self.readout and getattr(self.spike_grad, "training", True)
+                and out[0].requires_grad):
+            self.spike_grad.observe(self._report["in_band"], out[0].numel())
+        return out
 
     def forward(self, x, mem=None):
         """``x [T, B, in]`` → spikes ``[T, B, out]`` (readout: membrane ``[T, B, out]``).
