@@ -21,7 +21,7 @@ def _to_sparse_leaky(lif, b_th):
     return lif
 
 
-def sparsify(model, b_th=0.2, all_neurons=False):
+def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
     r"""Give every :class:`snntorch.Leaky` in ``model`` a band-limited surrogate.
 
     Each plain ``snntorch.Leaky`` (at any depth, also inside ``nn.Sequential``) becomes a

@@ -53,7 +53,6 @@ Example::
 
 import math
 import numbers
-import struct
 import warnings
 
 import snntorch.surrogate as _snn_surrogate
@@ -83,9 +82,6 @@ class SlowPathWarning(UserWarning):
     """A surrogate that the compiled kernels do not know runs its band in eager PyTorch."""
 
 
-#: The band given to a neuron that did not choose one: a stock snnTorch neuron that
-#: ``fuse`` or ``sparsify`` switches. Our classes' ``b_th`` default is the same.
-DEFAULT_B_TH = 0.2
 
 
 class AdaptiveBand:
@@ -162,6 +158,15 @@ class AdaptiveBand:
                 "max_step={!r})".format(*self._key()))
 
 
+#: The band of a neuron that did not choose one: our classes' ``b_th`` default (so the
+#: one-import switch) and a stock snnTorch neuron that ``fuse`` switches. The paper's 0.2
+#: that widens while fewer than 20 % of the layer's neuron-steps are in the band and never
+#: narrows below 0.2, so that a layer whose membranes start far from threshold still gets
+#: a gradient (measured on snnTorch's tutorial models: docs/choosing-bth.md). Give
+#: ``b_th=0.2`` for the paper's fixed band, ``"auto"`` for the 2 % target.
+DEFAULT_B_TH = AdaptiveBand(target=0.2, init=0.2, min=0.2)
+
+
 def _check_b_th(b_th):
     """``None`` (dense), a positive finite float, ``"auto"`` or an :class:`AdaptiveBand`
     (returned as an ``AdaptiveBand``); anything else is a ValueError."""
@@ -200,7 +205,7 @@ def _check_u(u):
 
 #: Consecutive training calls of one layer with an empty band (no neuron-step within
 #: ``B_th`` of threshold, so no gradient at all) after which it is reported, once.
-EMPTY_PATIENCE = 50
+EMPTY_PATIENCE = 100
 
 
 class EmptyBandWarning(UserWarning):
@@ -311,17 +316,12 @@ class SparseSurrogate(_BandWatch):
         return f"{self.name}({', '.join(args + [f'b_th={self.band!r}'])})"
 
 
-def _f32(v):
-    """``v`` rounded to float32 (the band buffer's dtype), as a python float."""
-    return struct.unpack("f", struct.pack("f", v))[0]
-
-
 class AdaptiveSurrogate(torch.nn.Module):
     """A compiled surrogate whose band follows :class:`AdaptiveBand` (module state).
 
     Made by the surrogate functions and :func:`sparse` when ``b_th`` is ``"auto"`` or an
     :class:`AdaptiveBand`. It is an ``nn.Module``: assigned as a neuron's ``spike_grad``
-    it becomes a submodule, so its state — the current width, buffer ``width`` (float32,
+    it becomes a submodule, so its state — the current width, buffer ``width`` (float64,
     0-dim) — is saved in ``state_dict`` and moved by ``.to()``. A host copy of the width
     feeds the kernel, so reading it costs no device sync; it is refreshed on
     ``load_state_dict``.
@@ -350,8 +350,8 @@ class AdaptiveSurrogate(torch.nn.Module):
         self.band = _check_b_th(band)
         if not isinstance(self.band, AdaptiveBand):
             raise ValueError(f"AdaptiveSurrogate needs an AdaptiveBand, got {band!r}")
-        self._width = _f32(self.band.init)
-        self.register_buffer("width", torch.tensor(self._width, dtype=torch.float32))
+        self._width = self.band.init
+        self.register_buffer("width", torch.tensor(self._width, dtype=torch.float64))
         self.register_load_state_dict_post_hook(AdaptiveSurrogate._refresh)
 
     @staticmethod
@@ -391,7 +391,7 @@ class AdaptiveSurrogate(torch.nn.Module):
             count, total = both.tolist()
         self._fixed.b_th = self._width  # the width this call used, for the warning
         self._fixed._watch(count, total)
-        self._width = _f32(self.band.next_width(self._width, count, total))
+        self._width = self.band.next_width(self._width, count, total)
         self.width.fill_(self._width)
 
     def forward(self, u):
@@ -612,7 +612,8 @@ def _slow_path_warning(fn):
         warnings.warn(
             f"snntorch_sparse: surrogate {kind[0]}.{kind[1]} is not one of the compiled "
             "shapes (fast_sigmoid, atan, sigmoid, triangular, straight_through); its band "
-            "runs in eager PyTorch (slow path, full membrane kept for backward).",
+            "runs in eager PyTorch (slow path, full membrane kept for backward) and cannot "
+            f"adapt: the default band is the fixed {DEFAULT_B_TH.init}.",
             SlowPathWarning, stacklevel=3)
 
 
@@ -628,7 +629,9 @@ def sparse(spike_grad, b_th=0.2):
       with their parameters, and mapped to the compiled kernel;
     * our own surrogates are re-banded with ``b_th``;
     * any other callable keeps its forward and its own gradient, masked by the band in
-      eager PyTorch (slow path; one :class:`SlowPathWarning` per kind of callable).
+      eager PyTorch (slow path; one :class:`SlowPathWarning` per kind of callable). An
+      adaptive band is refused for it, except the default one, which then stays at its
+      initial width (as the warning says).
       With ``b_th=None`` such a callable is returned unchanged.
 
     Example::
@@ -648,12 +651,14 @@ def sparse(spike_grad, b_th=0.2):
         return _banded(known[0], known[1], b_th)
     if b_th is None:
         return spike_grad
-    if isinstance(b_th, AdaptiveBand):
+    if isinstance(b_th, AdaptiveBand) and b_th is not DEFAULT_B_TH:
         raise ValueError(
             f"an adaptive band (b_th={b_th!r}) needs one of the compiled surrogate shapes "
             "(fast_sigmoid, atan, sigmoid, triangular, straight_through); for "
             f"{spike_grad!r} give a fixed b_th (a float) or b_th=None (dense)")
     _slow_path_warning(spike_grad)
+    if b_th is DEFAULT_B_TH:  # not chosen by the user: its fixed start, said in the warning
+        b_th = b_th.init
     return EagerBandSurrogate(spike_grad, b_th)
 
 

@@ -17,9 +17,9 @@ from snntorch_sparse.surrogate import AdaptiveBand, AdaptiveSurrogate, EmptyBand
 
 def _replay(band, counts_totals):
     """The widths the rule gives for a sequence of ``(count, total)`` observations."""
-    width, out = surrogate._f32(band.init), []
+    width, out = band.init, []
     for count, total in counts_totals:
-        width = surrogate._f32(band.next_width(width, count, total))
+        width = band.next_width(width, count, total)
         out.append(width)
     return out
 
@@ -128,7 +128,7 @@ def test_forward_unchanged_width_follows_rule_and_gradient_uses_old_width(make):
         assert torch.equal(cur.grad, ref_in.grad)
         assert cur.grad.abs().sum() > 0
         count = round(sg.last_rho * total)
-        assert sg.b_th == surrogate._f32(band.next_width(before, count, total))
+        assert sg.b_th == band.next_width(before, count, total)
         assert sg.b_th != before
 
 
@@ -172,12 +172,15 @@ def test_module_state_saved_loaded_moved():
     state = net.state_dict()
     assert state["1.spike_grad.width"].item() == sg.b_th != 0.2
     fresh = nn.Sequential(nn.Linear(64, 32), snn.Leaky(beta=0.9, init_hidden=True, b_th="auto"))
-    assert fresh[1].spike_grad.b_th == surrogate._f32(0.2)
+    assert fresh[1].spike_grad.b_th == 0.2
     fresh.load_state_dict(state)
     assert fresh[1].spike_grad.b_th == sg.b_th        # host copy refreshed on load
-    net.to(torch.float64)
-    assert net[1].spike_grad.width.dtype == torch.float64 and sg.b_th == state[
+    net.to(torch.float32)
+    assert net[1].spike_grad.width.dtype == torch.float32 and sg.b_th == state[
         "1.spike_grad.width"].item()
+    if torch.cuda.is_available():
+        net.cuda()
+        assert net[1].spike_grad.width.is_cuda
 
 
 def test_setter_switches_between_fixed_and_adaptive():
