@@ -40,11 +40,13 @@ def positive_int(text):
 
 
 def band(text):
-    """A band half-width ``B_th``: a positive finite number."""
+    """A band half-width ``B_th``: a positive finite number, or ``auto`` (adaptive band)."""
+    if text == "auto":
+        return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"B_th must be a positive finite number, got {text!r}")
     return value

@@ -181,7 +181,7 @@ def band_report(model, reset=True):
     rows = []
     for name, module in model.named_modules():
         sg = getattr(module, "spike_grad", None)
-        if not isinstance(sg, kinds) or sg.b_th is None:
+        if not isinstance(sg, kinds) or sg.b_th is None or getattr(module, "readout", False):
             continue
         sg.layer = name or type(module).__name__
         seen, total = sg.counts

@@ -279,3 +279,19 @@ def test_ranks_agree_on_the_summed_count(tmp_path):
             counts.append(round(lif.spike_grad.last_rho * 20 * 8 * 64))
         obs.append((sum(counts), 2 * 20 * 8 * 64))
     assert _replay(band, obs) == w0
+
+
+# ------------------------------------------------------------------ reports
+def test_paper_train_reports_band_per_layer():
+    from snntorch_sparse import demo, paper
+
+    res = {mode: paper.train(paper.Config(backward=mode, b_th="auto", hidden=48, epochs=1,
+                                          max_batches=3, seed=5))
+           for mode in ("dense", "sparse")}
+    bands = res["sparse"]["epochs"][-1]["bands"]
+    assert [b["layer"] for b in bands] == ["hidden.0", "hidden.1"]
+    assert all(b["rho"] > 0 and b["b_th"] != 0.2 for b in bands)
+    assert "AdaptiveBand(target=0.02" in bands[0]["band"]
+    table = demo.format_table(paper.Config(b_th="auto").resolved(),
+                              demo.compare(res["dense"], res["sparse"]))
+    assert "B_th hidden2 (end)" in table and "activity hidden2" in table
