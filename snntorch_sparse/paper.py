@@ -421,7 +421,8 @@ def train(config, datasets=None):
             "bands": [{**r, "band": repr(r["band"])} for r in metrics.band_report(model)],
         })
     return {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg),  # JSON-ready: an AdaptiveBand as its repr
+                   "b_th": cfg.b_th if isinstance(cfg.b_th, (int, float, str)) else repr(cfg.b_th)},
         "test_accuracy": epochs[-1]["test_accuracy"],
         "epochs": epochs,
         "history": history,
