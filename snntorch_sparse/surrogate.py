@@ -294,8 +294,10 @@ class SparseSurrogate(_BandWatch):
         _check_u(u)
         spk, _, vals = torch.ops.snntorch_sparse.spike(
             u, self.shape, self.p, math.inf if b_th is None else b_th, 1.0)
-        # vals.numel() is the band size the op already read on the host: free to watch.
-        if b_th is not None and torch.is_grad_enabled() and u.requires_grad and u.numel():
+        # vals.numel() is the band size the op already read on the host: free to watch
+        # (not while torch.compile traces: there it is a symbol, not a number).
+        if (b_th is not None and torch.is_grad_enabled() and u.requires_grad and u.numel()
+                and not torch.compiler.is_compiling()):
             self.observe(vals.numel(), u.numel())
         return spk.float()
 
@@ -332,6 +334,9 @@ class AdaptiveSurrogate(torch.nn.Module):
     one rank) the count is summed over ranks first (one ``all_reduce`` of two numbers per
     update), so every rank keeps the same width; without a process group the rule is
     rank-local and deterministic. The forward output does not depend on the width.
+    Inside ``torch.compile`` the band size is a traced symbol, not a number: a compiled
+    graph uses the width it was traced with and neither updates it nor watches for an
+    empty band (run some eager steps first, or use a fixed ``b_th``).
 
     Example::
 
@@ -397,7 +402,8 @@ class AdaptiveSurrogate(torch.nn.Module):
     def forward(self, u):
         _check_u(u)
         spk, _, vals = torch.ops.snntorch_sparse.spike(u, self.shape, self.p, self._width, 1.0)
-        if self.training and torch.is_grad_enabled() and u.requires_grad and u.numel():
+        if (self.training and torch.is_grad_enabled() and u.requires_grad and u.numel()
+                and not torch.compiler.is_compiling()):
             self.observe(vals.numel(), u.numel())
         return spk.float()
 
