@@ -2,6 +2,7 @@
 // Expression order follows snntorch.surrogate so float64 results are bit-identical
 // (see reference.surrogate_grad).
 #pragma once
+#include <c10/util/Exception.h>
 #include <cmath>
 #include <cstdint>
 
@@ -44,6 +45,12 @@ SNN_HD T surrogate_grad(T grad, T u, int64_t shape, double p_) {
     default:  // STRAIGHT_THROUGH
       return grad;
   }
+}
+
+// The band half-width of `spike`: > 0, +inf meaning dense (as surrogate._check_b_th; NaN,
+// 0, negative and -inf are refused: they would give an empty band or a silently dense one).
+inline void check_b_th(double b_th, const char* op) {
+  TORCH_CHECK_VALUE(b_th > 0, op, ": `b_th` must be > 0 (+inf: dense), got ", b_th);
 }
 
 SNN_HD bool get_bit(const int32_t* bits, int64_t k) {

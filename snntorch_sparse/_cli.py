@@ -7,6 +7,7 @@ prints to stdout and exits 0 (argparse's own behaviour).
 
 import argparse
 import math
+import os
 import sys
 
 USAGE_ERROR = 2
@@ -29,14 +30,21 @@ def usage_error(prog, err):
     return USAGE_ERROR
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low, expected):
+    """An argparse type: an integer >= ``low``, else an error saying ``expected``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def band(text):
@@ -50,3 +58,27 @@ def band(text):
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"B_th must be a positive finite number, got {text!r}")
     return value
+
+
+def fraction(text):
+    """A share in (0, 1], e.g. a target activity ρ."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def writable_dir(path):
+    """Create ``path`` and check that a file can be written there — before any long run,
+    so that a bad ``--out`` fails at once, not after the work."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(f"--out {path}: cannot write there ({err.strerror or err})") from None

@@ -30,10 +30,17 @@ Host synchronisations, all in the forward: ``spike`` sizes its band values; a
 whether they are all 1), and reads a scalar fixed β as a number for the trace form. The
 backward has none: every size it needs (the band's value count) is already on the host.
 
-The spike outputs carry the attribute ``_snn_sparse_band = (bits, shape)`` when the band
-is finite: a ``spiking_linear`` that consumes such a tensor computes its input gradient
-only inside that band (paper eq. 12), since the upstream multiplies it by its surrogate,
-which is 0 outside.
+The spike outputs carry a band tag when the band is finite (:func:`tag_band`): a
+``spiking_linear`` that consumes such a tensor computes its input gradient only inside
+that band (paper eq. 12), since the upstream multiplies it by its surrogate, which is 0
+outside. The tag holds only for the very tensor it was put on, unmodified: it records the
+tensor's version counter and ``grad_fn``, so an in-place op (``h += skip``,
+``h.mul_(g)``) voids it, and a view, slice, clone or concatenation is a new tensor
+without it (:func:`band_of`).
+
+The backwards are first order only (:func:`first_order_only`): a backward recorded for
+double differentiation (``create_graph=True``) gives results that raise a clear error
+when differentiated again, never a silent zero.
 """
 
 import math
@@ -43,8 +50,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._ops import ops
+from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, NONE, SUBTRACT, ZERO
+from .surrogate import AdaptiveBand, _check_b_th
 
 #: An input whose share of non-zeros is at most this is kept for backward in compact
 #: (CSC) form; a denser one is kept as is (there is no sparsity to exploit).
@@ -186,10 +194,42 @@ def _needs(ctx, track):
     return ctx.needs_input_grad if track else (False,) * len(ctx.needs_input_grad)
 
 
+def tag_band(t, bits):
+    """Mark ``t`` as gradient-limited to the band ``bits`` (packed over ``t``'s elements).
+
+    The tag is bound to ``t``'s current version, ``grad_fn`` and data pointer:
+    :func:`band_of` drops it once ``t`` is modified in place or its data is replaced
+    (``t.data = ...``, which bumps no version), so it can never describe values ``t`` no
+    longer holds.
+    Under ``torch.compile`` no tag is set (a traced graph has no tensor attributes): the
+    downstream input gradient is then computed densely, the same values at the leaves.
+    """
+    if not torch.compiler.is_compiling():
+        t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn, t.data_ptr())
+    return t
+
+
+def band_of(t):
+    """The band bits of a tensor tagged by :func:`tag_band`, or None if untagged or stale."""
+    tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
+    if tag is None:
+        return None
+    bits, shape, version, grad_fn, ptr = tag
+    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
+            or t.shape != shape):
+        return None
+    return bits
+
+
+def _cast_spikes(spk, dtype):
+    """``spk`` in ``dtype``, keeping its band tag (a cast keeps which values are in band)."""
+    bits = band_of(spk)
+    out = spk.to(dtype)
+    return out if bits is None else tag_band(out, bits)
+
+
 def _mark_band(spk, bits, nrn):
-    if nrn.banded:
-        spk._snn_sparse_band = (bits, spk.shape)
-    return spk
+    return tag_band(spk, bits) if nrn.banded else spk
 
 
 # ---------------------------------------------------------------------- lif_sequence
@@ -197,7 +237,7 @@ class _LIFSequence(torch.autograd.Function):
     """A Leaky layer over a whole sequence (see :func:`lif_sequence`)."""
 
     @staticmethod
-    def forward(ctx, cur, mem0, beta, theta, nrn, track, stats):
+    def forward(ctx, cur, mem0, beta, theta, nrn, track):
         T = cur.shape[0]
         step = cur.shape[1:]
         dt = cur.dtype
@@ -207,10 +247,8 @@ class _LIFSequence(torch.autograd.Function):
         mem0f = (torch.zeros_like(cur2d[0]) if mem0 is None
                  else _per_element(mem0, step, dt, "mem"))
         mem, spk, bits, vals = _neuron_forward(cur2d, mem0f, betaf, thetaf, nrn, True)
-        if stats is not None:
-            stats["in_band"] = vals.numel()  # the band size, already on the host
 
-        _, _, beta_grad, theta_grad, _, _, _ = _needs(ctx, track)
+        _, _, beta_grad, theta_grad, _, _ = _needs(ctx, track)
         rbits = (_reset_bits(mem0f, mem, thetaf) if _needs_rbits(nrn, theta_grad)
                  else _empty_bits(cur.device))
         ctx.save_for_backward(bits, vals, beta, rbits,
@@ -219,30 +257,33 @@ class _LIFSequence(torch.autograd.Function):
         ctx.step = step
         ctx.meta = (_meta(beta), _meta(theta), _meta(mem0))
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(bits)
-        return spk.view(cur.shape), mem.view(cur.shape), bits
+        ctx.mark_non_differentiable(bits, vals)
+        # [T, M]: reshaped outside, so they stay modifiable in place. ``vals`` (whose size is
+        # data-dependent) is returned so that a traced graph (torch.compile) owns its size.
+        return spk, mem, bits, vals
 
     @staticmethod
-    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+    @first_order_only("lif_sequence (Leaky.forward_sequence)")
+    def backward(ctx, grad_spk, grad_mem, _grad_bits, _grad_vals):
         bits, vals, beta, rbits, mem, mem0f = ctx.saved_tensors
         nrn, step = ctx.nrn, ctx.step
         if grad_spk is None and grad_mem is None:
-            return (None,) * 7
+            return (None,) * 6
         like = grad_spk if grad_spk is not None else grad_mem
         T = like.shape[0]
         flat = lambda g: None if g is None else g.reshape(T, -1)  # noqa: E731
         betaf = _per_element(beta, step, like.dtype, "beta")
         delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
                                               betaf, rbits, nrn)
-        need_cur, need_mem0, need_beta, need_theta, _, _, _ = ctx.needs_input_grad
+        need_cur, need_mem0, need_beta, need_theta, _, _ = ctx.needs_input_grad
         beta_meta, theta_meta, mem0_meta = ctx.meta
-        d_cur = delta.view(like.shape) if need_cur else None
+        d_cur = delta.view(T, *step) if need_cur else None
         d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
         d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
                   if need_beta else None)
         d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
                    if need_theta else None)
-        return d_cur, d_mem0, d_beta, d_theta, None, None, None
+        return d_cur, d_mem0, d_beta, d_theta, None, None
 
 
 def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
@@ -291,13 +332,29 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
                             if isinstance(cur, torch.Tensor) else type(cur).__name__))
     if cur.shape[0] == 0:
         raise ValueError("cur must hold at least one time step, got T = 0")
+    if mem0 is not None and not isinstance(mem0, torch.Tensor):
+        raise TypeError("mem0 must be a tensor broadcastable to one step "
+                        f"{list(cur.shape[1:])} or None, got {type(mem0).__name__}")
+    b_th = _check_b_th(b_th)
+    if isinstance(b_th, AdaptiveBand):
+        raise ValueError("lif_sequence takes a fixed b_th (a float or None); an adaptive band "
+                         "lives in snntorch_sparse.Leaky / SpikingLinear, which pass its "
+                         "current width")
+    work = compute_dtype(cur)
+    if work != cur.dtype:  # float16/bfloat16 on the CPU: computed in float32
+        spk, mem = lif_sequence(cur.to(work), None if mem0 is None else mem0.to(work), beta,
+                                theta, gamma=gamma, reset=reset, shape=shape, p=p, b_th=b_th,
+                                stats=stats)
+        return _cast_spikes(spk, cur.dtype), mem.to(cur.dtype)
     beta = torch.as_tensor(beta, device=cur.device)
     theta = torch.as_tensor(theta, device=cur.device)
     nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
-                 math.inf if b_th is None else float(b_th))
-    spk, mem, bits = _LIFSequence.apply(cur, mem0, beta, theta, nrn, torch.is_grad_enabled(),
-                                        stats)
-    return _mark_band(spk, bits, nrn), mem
+                 math.inf if b_th is None else b_th)
+    spk, mem, bits, vals = _LIFSequence.apply(cur, mem0, beta, theta, nrn,
+                                              torch.is_grad_enabled())
+    if stats is not None:
+        stats["in_band"] = vals.numel()  # the band size, already on the host
+    return _mark_band(spk.view(cur.shape), bits, nrn), mem.view(cur.shape)
 
 
 # --------------------------------------------------------------------- spiking_linear
@@ -310,8 +367,8 @@ class LinearConfig:
     no reset, the membrane is the output. ``dw_form``: force a weight-gradient form
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
-    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and the
-    forward with the band size (``"in_band"``).
+    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and
+    :func:`spiking_linear` with the band size (``"in_band"``).
     """
 
     neuron: Neuron
@@ -347,8 +404,14 @@ def _active_csr(bits, nnz, R, n_out):
     return rowptr, cols
 
 
-def _choose_dw(cfg, x_compact, nnz_x, nnz_act, trace_beta, T, B, n_in, n_out, grad_mem):
-    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear)."""
+def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n_out,
+               grad_mem):
+    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear).
+
+    The trace form is chosen by itself only for a binary input: it reads an input value
+    only where an output is active, so a NaN/Inf elsewhere in a graded input would vanish
+    from ∂W, where the other forms propagate it.
+    """
     if not x_compact:
         return "dense"
     trace_ok = (trace_beta is not None and grad_mem is None and not cfg.readout
@@ -360,7 +423,7 @@ def _choose_dw(cfg, x_compact, nnz_x, nnz_act, trace_beta, T, B, n_in, n_out, gr
         return cfg.dw_form
     cost_spikes = nnz_x * n_out
     cost_trace = n_in * (T * B + nnz_act)
-    return "trace" if trace_ok and cost_trace < cost_spikes else "spikes"
+    return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
 class _SpikingLinear(torch.autograd.Function):
@@ -382,15 +445,16 @@ class _SpikingLinear(torch.autograd.Function):
                  else _per_element(mem0, step, dt, "mem"))
         mem, spk, bits, vals = _neuron_forward(cur, mem0f, betaf, thetaf, nrn,
                                                not cfg.readout)
-        if cfg.report is not None and not cfg.readout:
-            cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
 
         need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
         # The input, only if the weight gradient needs it: compact when sparse enough.
         x_saved = (None, None, None, None)
         ctx.x_compact = False
         if need_w:
-            csc = compact_input(x2d) if cfg.sparse else None
+            # Compaction has a data-dependent size: a traced graph keeps the input dense
+            # (the dense GEMM then forms ∂W; equal values).
+            csc = (compact_input(x2d) if cfg.sparse and not torch.compiler.is_compiling()
+                   else None)
             ctx.x_compact = csc is not None
             x_saved = (None,) + csc if csc is not None else (x2d, None, None, None)
         # The trace form needs β as a python float: read it here (a sync, forward only).
@@ -413,11 +477,12 @@ class _SpikingLinear(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         if cfg.readout:
             ctx.mark_non_differentiable(spk)
-        ctx.mark_non_differentiable(bits)
-        return (spk if cfg.readout else spk.view(T, B, n_out)), mem.view(T, B, n_out), bits
+        ctx.mark_non_differentiable(bits, vals)
+        return spk, mem, bits, vals  # [T, B·n_out]: reshaped outside (see lif_sequence)
 
     @staticmethod
-    def backward(ctx, grad_spk, grad_mem, _grad_bits):
+    @first_order_only("SpikingLinear")
+    def backward(ctx, grad_spk, grad_mem, _grad_bits, _grad_vals):
         (x2d, colptr, rows, xvals, weight, bits, vals, beta, rbits, mem, mem0f,
          up_bits) = ctx.saved_tensors
         cfg = ctx.cfg
@@ -448,7 +513,8 @@ class _SpikingLinear(torch.autograd.Function):
         d_w = None
         if need_w:
             form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
-                              vals.numel(), ctx.trace_beta, T, B, n_in, n_out, grad_mem)
+                              ctx.x_compact and xvals.numel() == 0, vals.numel(),
+                              ctx.trace_beta, T, B, n_in, n_out, grad_mem)
             if form == "dense":
                 d_w = delta2d.t() @ x2d
             elif form == "spikes":
@@ -459,9 +525,9 @@ class _SpikingLinear(torch.autograd.Function):
                                          nrn.gamma, True)
                 d_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
                                    ctx.trace_beta, T, B, n_out).t()
-            if cfg.report is not None:
+            if cfg.report is not None and not torch.compiler.is_compiling():
                 cfg.report["dw"] = form
-        if cfg.report is not None and need_x:
+        if cfg.report is not None and need_x and not torch.compiler.is_compiling():
             cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
         d_b = delta2d.sum(0) if need_b else None
@@ -478,14 +544,23 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     ``[T, B, n_out]`` (or the membrane for a readout) and ``mem`` the membrane.
 
     ``beta`` clamped by the caller; ``theta`` ignored for a readout. The input gradient is
-    masked by the upstream band when ``x`` carries ``_snn_sparse_band`` and ``cfg.sparse``.
+    masked by the upstream band when ``x`` carries a valid band tag and ``cfg.sparse``.
     """
-    up = getattr(x, "_snn_sparse_band", None)
-    up_bits = up[0] if (up is not None and cfg.sparse and tuple(up[1]) == tuple(x.shape)) else None
+    work = compute_dtype(x)
+    if work != x.dtype:  # float16/bfloat16 on the CPU: computed in float32
+        cast = lambda t: None if t is None else t.to(work)  # noqa: E731
+        out, mem = spiking_linear(_cast_spikes(x, work), weight.to(work), cast(bias), beta,
+                                  theta, cast(mem0), cfg)
+        mem = mem.to(x.dtype)
+        return (mem, mem) if cfg.readout else (_cast_spikes(out, x.dtype), mem)
+    up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
-    spk, mem, bits = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
-                                          torch.is_grad_enabled())
+    spk, mem, bits, vals = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits,
+                                                cfg, torch.is_grad_enabled())
+    mem = mem.view(*x.shape[:2], -1)
+    if cfg.report is not None and not cfg.readout:
+        cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
     if cfg.readout:
         return mem, mem
-    return _mark_band(spk, bits, cfg.neuron), mem
+    return _mark_band(spk.view(mem.shape), bits, cfg.neuron), mem

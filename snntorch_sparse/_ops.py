@@ -20,6 +20,7 @@ when the build had no CUDA) runs the reference for that device, also with one wa
 """
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -281,6 +282,50 @@ def _register_fakes():
 
 
 # --------------------------------------------------------------------- autograd
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(t):
+    """The dtype the kernels compute ``t`` in: its own, except float16/bfloat16 on the
+    CPU, which run in float32 (the CPU kernels are float32/float64; the casts are done
+    by the callers, under autograd, so results and gradients return in ``t``'s dtype)."""
+    return torch.float32 if t.device.type == "cpu" and t.dtype in _HALF else t.dtype
+
+
+_DOUBLE_BACKWARD = ("double backward is not supported by snntorch_sparse.{}: its backward is "
+                    "first order only (a gradient taken with create_graph=True cannot be "
+                    "differentiated again); for higher-order gradients use stock snnTorch "
+                    "neurons, whose dense surrogates are twice differentiable")
+
+
+def first_order_only(name):
+    """Decorate a ``backward`` (of an autograd Function or a registered op): it runs
+    without recording a graph, and when a graph was asked for (``create_graph=True``)
+    its results are routed through a node that raises a clear error naming ``name`` if
+    they are differentiated again — never a silently missing second-order term.
+
+    Unlike ``torch.autograd.function.once_differentiable``, the guard applies even when
+    the incoming gradients do not require grad: the second-order terms through saved
+    tensors (the weight, say) would be missing just the same.
+    """
+    def wrap(backward):
+        @functools.wraps(backward)
+        def run(ctx, *grads):
+            with torch.no_grad():
+                out = backward(ctx, *grads)
+            if not torch.is_grad_enabled():
+                return out
+            outs = out if isinstance(out, tuple) else (out,)
+            err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD.format(name).encode(),
+                                                   len(outs))
+            guarded = err(*[None if o is None else o.detach().requires_grad_()
+                            for o in outs])
+            guarded = guarded if isinstance(guarded, tuple) else (guarded,)
+            return guarded if isinstance(out, tuple) else guarded[0]
+        return run
+    return wrap
+
+
 def _spike_setup_context(ctx, inputs, output):
     _, shape, p, _, gamma = inputs
     _, bits, vals = output
@@ -288,6 +333,7 @@ def _spike_setup_context(ctx, inputs, output):
     ctx.surrogate = (shape, p, gamma)
 
 
+@first_order_only("surrogate spike")
 def _spike_backward(ctx, grad_spk, _grad_bits, _grad_vals):
     bits, vals = ctx.saved_tensors
     shape, p, gamma = ctx.surrogate

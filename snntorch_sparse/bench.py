@@ -67,7 +67,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics, reference
-from ._cli import Parser, UsageError, usage_error
+from ._cli import (Parser, UsageError, band, fraction, non_negative_int, positive_int,
+                   usage_error, writable_dir)
 from ._ops import BACKENDS, ops
 from .data import DATASETS
 
@@ -768,23 +769,23 @@ def parse_args(argv):
                         "Default: paper (cpu); paper + onb (cuda)")
     p.add_argument("--quick", action="store_true", help="add the tiny 'quick' configurations")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
                    help=f"batch size of the paper configs (default {BATCH['cpu']} on CPU, "
                         f"{BATCH['cuda']} on GPU; ONB always uses 16)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed iterations (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][0], DEFAULT_REPEATS["cuda"][0]))
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--warmup", type=non_negative_int, default=None,
                    help="untimed iterations after the probe pass (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][1], DEFAULT_REPEATS["cuda"][1]))
-    p.add_argument("--rho", type=float, default=0.02,
+    p.add_argument("--rho", type=fraction, default=0.02,
                    help="target band activity of each hidden layer (default 0.02)")
-    p.add_argument("--b-th", type=float, default=0.2, help="band half-width B_th (default 0.2)")
+    p.add_argument("--b-th", type=band, default=0.2, help="band half-width B_th (default 0.2)")
     p.add_argument("--surrogate", choices=tuple(SURROGATES), default="atan",
                    help="surrogate of the hidden layers in all three implementations: atan "
                         "(alpha=2, snnTorch's default; default) or fast_sigmoid (slope=100, "
                         "the paper's)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -813,14 +814,13 @@ def main(argv=None):
     repeats, warmup = DEFAULT_REPEATS[device.type]
     args.repeats = repeats if args.repeats is None else args.repeats
     args.warmup = warmup if args.warmup is None else args.warmup
-    if args.repeats < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        return usage_error(PROG, "need --repeats >= 1, --warmup >= 0, --batch >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for item in (args.config or []) for n in item.split(",") if n]
     try:
         configs = resolve_configs(names, device.type, args.quick)
-    except ValueError as err:
+        writable_dir(args.out)
+    except (ValueError, UsageError) as err:
         return usage_error(PROG, err)
 
     from tqdm import tqdm
@@ -851,7 +851,6 @@ def main(argv=None):
     # Other processes on the machine distort CPU timings (most of all snnTorch's many small
     # per-step ops): keep the 1-minute load average at start and end with the results.
     report["machine"]["load_average_1min"] = [load_start, _load_average()]
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench_{device.type}")
     with open(stem + ".json", "w") as f:
         json.dump(_clean(report), f, indent=1)

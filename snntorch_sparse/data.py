@@ -92,12 +92,19 @@ class LatencyDataset(torch.utils.data.Dataset):
     ``images`` ``[S, ...]`` holds intensities in [0, 1]; each is flattened to N inputs.
     """
 
-    def __init__(self, images, labels, num_steps, tau_eff=TAU_EFF_MS, theta=THETA, dt=1.0):
+    def __init__(self, images, labels, num_steps, tau_eff=TAU_EFF_MS, theta=THETA, dt=1.0,
+                 num_classes=None):
         images = torch.as_tensor(images, dtype=torch.float32)
         labels = torch.as_tensor(labels, dtype=torch.long)
         if images.dim() < 2 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(f"images [S, ...] and labels [S] must match; got "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        if num_classes is not None and labels.numel():
+            bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+            if bad.numel():
+                i = int(bad[0])
+                raise DataError(f"sample {i}: label {int(labels[i])} is outside "
+                                f"[0, {num_classes})")
         if images.numel() and not (images.min() >= 0 and images.max() <= 1):
             raise DataError("images must be normalised to [0, 1]")
         self.images = images.reshape(images.shape[0], -1)
@@ -118,16 +125,19 @@ class FrameDataset(torch.utils.data.Dataset):
     counts; polarities are merged and counts clipped to one spike per bin and input.
     """
 
-    def __init__(self, events, to_frame, num_steps):
+    def __init__(self, events, to_frame, num_steps, num_classes=None):
         self.events = events
         self.to_frame = to_frame
         self.num_steps = num_steps
+        self.num_classes = num_classes
 
     def __len__(self):
         return len(self.events)
 
     def __getitem__(self, i):
         ev, label = self.events[i]
+        if self.num_classes is not None and not 0 <= int(label) < self.num_classes:
+            raise DataError(f"sample {i}: label {int(label)} is outside [0, {self.num_classes})")
         frames = np.asarray(self.to_frame(ev))
         if frames.shape[0] != self.num_steps:
             raise DataError(f"sample {i}: expected {self.num_steps} frames, got {frames.shape[0]}")
@@ -176,11 +186,16 @@ def _find_idx(data_dir, name):
 def read_idx(path):
     """Read an IDX file (the MNIST format; gzip allowed) into a numpy array."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # gzip: corrupt or truncated archive
+        raise DataError(f"{path}: cannot be read ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -207,7 +222,8 @@ def fmnist(data_dir, num_steps=DATASETS["fmnist"]["num_steps"]):
         if images.ndim != 3 or labels.shape != images.shape[:1]:
             raise DataError(f"Fashion-MNIST files disagree: images {images.shape}, "
                              f"labels {labels.shape}")
-        out.append(LatencyDataset(images / 255.0, labels.astype(np.int64), num_steps))
+        out.append(LatencyDataset(images / 255.0, labels.astype(np.int64), num_steps,
+                                  num_classes=DATASETS["fmnist"]["num_classes"]))
     return tuple(out)
 
 
@@ -264,7 +280,8 @@ def nmnist(data_dir, num_steps=DATASETS["nmnist"]["num_steps"],
     window = dt_ms * 1000.0  # tonic's N-MNIST timestamps are in µs
     to_frame = tonic.transforms.ToFrame(sensor_size=sensor, time_window=window, start_time=0,
                                         end_time=num_steps * window)
-    return tuple(FrameDataset(cls(save_to=data_dir, train=train), to_frame, num_steps)
+    return tuple(FrameDataset(cls(save_to=data_dir, train=train), to_frame, num_steps,
+                              DATASETS["nmnist"]["num_classes"])
                  for train in (True, False))
 
 
@@ -292,7 +309,8 @@ def shd(data_dir, num_steps=DATASETS["shd"]["num_steps"], dt_ms=DATASETS["shd"][
         sets = [cls(save_to=data_dir, train=train) for train in (True, False)]
     except (OSError, KeyError) as err:  # h5py: not HDF5, or not SHD's layout
         raise DataError(f"SHD files under {root} cannot be read: {err}") from None
-    return tuple(FrameDataset(s, to_frame, num_steps) for s in sets)
+    return tuple(FrameDataset(s, to_frame, num_steps, DATASETS["shd"]["num_classes"])
+                 for s in sets)
 
 
 def load(name, data_dir=None, num_steps=None):
@@ -303,7 +321,10 @@ def load(name, data_dir=None, num_steps=None):
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    steps = num_steps or DATASETS[name]["num_steps"]
+    steps = DATASETS[name]["num_steps"] if num_steps is None else num_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_steps must be a positive int (or None for {name}'s default "
+                         f"{DATASETS[name]['num_steps']}), got {num_steps!r}")
     if name == "digits":
         return digits(num_steps=steps)
     if data_dir is None:

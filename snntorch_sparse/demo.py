@@ -21,7 +21,7 @@ import time
 import torch
 
 from . import data, metrics, paper
-from ._cli import Parser, UsageError, band, positive_int, usage_error
+from ._cli import Parser, UsageError, band, positive_int, usage_error, writable_dir
 
 PROG = "python -m snntorch_sparse demo"
 
@@ -52,18 +52,6 @@ def parse_args(argv):
     p.add_argument("--out", default="demo_out", help="output directory (default ./demo_out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-def _prepare_out(path):
-    """Create ``path`` and check that a file can be written there."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise UsageError(f"--out {path}: cannot write there ({err.strerror or err})") from None
 
 
 def _load():
@@ -181,7 +169,7 @@ def run(args, argv=()):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available here "
                          "(torch.cuda.is_available() is False)")
-    _prepare_out(args.out)
+    writable_dir(args.out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     base = paper.Config(dataset=args.dataset, data_dir=args.data_dir, device=args.device,

@@ -4,7 +4,7 @@ import snntorch
 from torch import nn
 
 from .leaky import Leaky
-from .spiking_linear import SpikingLinear
+from .spiking_linear import BACKWARDS, SpikingLinear
 from .surrogate import DEFAULT_B_TH
 
 
@@ -119,6 +119,9 @@ def fuse(model, backward="sparse"):
         >>> net = nn.Sequential(nn.Linear(100, 50), snntorch.Leaky(beta=0.9, init_hidden=True))
         >>> spk = fuse(net)(torch.rand(25, 8, 100))       # [25, 8, 50]
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"fuse: backward must be one of {', '.join(map(repr, BACKWARDS))}, "
+                         f"got {backward!r}")
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"fuse expects an nn.Sequential, got {type(model).__name__}")
     mods = list(model)

@@ -5,7 +5,7 @@ import contextlib
 import snntorch
 import torch
 
-from . import _fused, surrogate
+from . import _fused, reference, surrogate
 
 
 class Leaky(snntorch.Leaky):
@@ -144,6 +144,12 @@ class Leaky(snntorch.Leaky):
         if not isinstance(cur_seq, torch.Tensor) or cur_seq.dim() < 2:
             raise ValueError("cur_seq must be a tensor [T, ...] with a leading time dimension, "
                              f"got {getattr(cur_seq, 'shape', type(cur_seq).__name__)}")
+        if cur_seq.shape[0] == 0:
+            raise ValueError("cur_seq must hold at least one time step, got T = 0")
+        if mem is not None and not isinstance(mem, torch.Tensor):
+            # snnTorch's per-step call refuses a non-tensor membrane too (a buffer)
+            raise TypeError("mem must be a tensor shaped like one step "
+                            f"{list(cur_seq.shape[1:])} or None, got {type(mem).__name__}")
         b_th = self.b_th if backward == "sparse" else None
         if mem is None:
             use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]
@@ -167,23 +173,26 @@ class Leaky(snntorch.Leaky):
         stats = {}
         # An adaptive band runs at its current width (sg.b_th), then learns from the count.
         width = sg.b_th if isinstance(b_th, surrogate.AdaptiveBand) else b_th
+        # Per step, the float32 reset flags promote a float16/bfloat16 membrane to float32
+        # from the first step on; the fused sequence computes in that dtype too.
+        work = torch.promote_types(cur_seq.dtype, torch.float32)
         spk, mem_seq = _fused.lif_sequence(
-            cur_seq, mem, self.beta.clamp(0, 1), self.threshold, gamma=1.0,
-            reset=int(self.reset_mechanism_val), shape=sg.shape, p=sg.p, b_th=width,
-            stats=stats,
+            cur_seq.to(work), mem.to(work), self.beta.clamp(0, 1), self.threshold, gamma=1.0,
+            reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p,
+            b_th=width, stats=stats,
         )
         if (b_th is not None and getattr(sg, "training", True) and spk.requires_grad
-                and cur_seq.numel()):
+                and cur_seq.numel() and not torch.compiler.is_compiling()):
             sg.observe(stats["in_band"], cur_seq.numel())
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
         # γ outside the op lets autograd handle a learnable factor.
         out = spk.float() * self.graded_spikes_factor
-        band = getattr(spk, "_snn_sparse_band", None)
+        band = _fused.band_of(spk)
         # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
         # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
         # it too.
         if band is not None and not self.graded_spikes_factor.requires_grad:
-            out._snn_sparse_band = band
+            _fused.tag_band(out, band)
         return out, mem_seq
 
     def _stepwise_sequence(self, cur_seq, mem, b_th):

@@ -85,6 +85,8 @@ def spike(u, shape, p, b_th, gamma):
     ``shape`` and ``p`` are unused in the forward; they are arguments so that the
     registered autograd formula (``_ops.py``) can read them.
     """
+    if not b_th > 0:  # NaN, 0, negative, -inf: as the kernels' check_b_th
+        raise ValueError(f"spike: `b_th` must be > 0 (+inf: dense), got {b_th}")
     spk = (u > 0).to(u.dtype) * gamma
     flat = u.reshape(-1)
     if math.isinf(b_th):

@@ -8,14 +8,14 @@ from torch import nn
 
 from . import _fused
 from .reference import NONE, RESETS
-from .surrogate import DEFAULT_B_TH, AdaptiveBand
+from . import surrogate
+from .surrogate import DEFAULT_B_TH
 
 BACKWARDS = ("sparse", "dense", "rate")
 
 
 def _surrogate(spike_grad, b_th):
     """``(shape id, p, b_th or None)`` of the compiled surrogate for a ``spike_grad``."""
-    from . import surrogate
 
     if spike_grad is None:
         spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
@@ -76,7 +76,8 @@ class SpikingLinear(nn.Module):
       - trace form (eq. 9–10), ``≈ in·(T·B + nnz(band))`` — over the active outputs with
         the filtered input ``trace[t] = β·trace[t−1] + X[t]`` recomputed, never stored;
         only valid for a scalar, fixed β, reset subtract/none and no gradient into the
-        membrane (never for a readout);
+        membrane (never for a readout), and chosen only for a binary (0/1) input, so that
+        a NaN/Inf in a graded input shows in ∂W whichever form runs;
       - dense GEMM ``ΔᵀX`` when the input was kept dense;
     * input gradient ``ΔW`` only where the upstream layer's band is set when the input
       is the spike output of one of our layers (a ``SpikingLinear``, ``Leaky``
@@ -165,13 +166,24 @@ class SpikingLinear(nn.Module):
         else:
             self.register_buffer("threshold", threshold)
         self.spike_grad = _surrogate(spike_grad, b_th)
-        self.b_th = self.spike_grad.band  # the setting: a float, None or AdaptiveBand
         self.reset_mechanism = reset_mechanism
         self.graded_spikes_factor = float(graded_spikes_factor)
         self.readout = bool(readout)
         self.backward = backward
         self._dw_form = None  # tests force "spikes" / "trace"; None chooses per call
         self._report = {}  # what the last backward did (tests)
+
+    @property
+    def b_th(self):
+        """Band setting of the surrogate (a float, ``None``: dense, or an
+        :class:`~snntorch_sparse.AdaptiveBand`, whose current width is
+        ``spike_grad.b_th``). Setting it re-bands ``spike_grad`` and is validated like the
+        constructor's ``b_th``."""
+        return self.spike_grad.band
+
+    @b_th.setter
+    def b_th(self, value):
+        surrogate.assign_spike_grad(self, self.spike_grad.with_band(value))
 
     def reset_parameters(self):
         """``nn.Linear``'s default initialisation (Kaiming-uniform weight and bias)."""
@@ -182,9 +194,8 @@ class SpikingLinear(nn.Module):
 
     def _config(self):
         sg = self.spike_grad
-        b_th = math.inf if (self.b_th is None or self.backward == "dense") else self.b_th
-        if isinstance(b_th, AdaptiveBand):
-            b_th = self.spike_grad.b_th  # its current width
+        width = sg.b_th  # an adaptive band's current width
+        b_th = math.inf if (width is None or self.backward == "dense") else width
         nrn = _fused.Neuron(self.graded_spikes_factor,
                             NONE if self.readout else RESETS.index(self.reset_mechanism),
                             sg.shape, sg.p, b_th)
@@ -225,7 +236,7 @@ class SpikingLinear(nn.Module):
         out = _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
                                     self.threshold, mem, cfg)
         if (cfg.neuron.banded and not self.readout and getattr(self.spike_grad, "training", True)
-                and out[0].requires_grad):
+                and out[0].requires_grad and not torch.compiler.is_compiling()):
             self.spike_grad.observe(self._report["in_band"], out[0].numel())
         return out
 

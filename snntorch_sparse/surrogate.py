@@ -199,7 +199,7 @@ def _check_u(u):
         got = u.dtype if isinstance(u, torch.Tensor) else type(u).__name__
         raise TypeError(
             "surrogate input u (membrane minus threshold) must be a floating-point tensor "
-            f"(float32/float64; float16/bfloat16 on CUDA), got {got}"
+            f"(float16/bfloat16/float32/float64), got {got}"
         )
 
 
@@ -292,6 +292,7 @@ class SparseSurrogate(_BandWatch):
 
     def _spike(self, u, b_th):
         _check_u(u)
+        u = u.to(_ops.compute_dtype(u))
         spk, _, vals = torch.ops.snntorch_sparse.spike(
             u, self.shape, self.p, math.inf if b_th is None else b_th, 1.0)
         # vals.numel() is the band size the op already read on the host: free to watch
@@ -401,6 +402,7 @@ class AdaptiveSurrogate(torch.nn.Module):
 
     def forward(self, u):
         _check_u(u)
+        u = u.to(_ops.compute_dtype(u))
         spk, _, vals = torch.ops.snntorch_sparse.spike(u, self.shape, self.p, self._width, 1.0)
         if (self.training and torch.is_grad_enabled() and u.requires_grad and u.numel()
                 and not torch.compiler.is_compiling()):

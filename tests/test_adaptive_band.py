@@ -109,7 +109,7 @@ def test_forward_unchanged_width_follows_rule_and_gradient_uses_old_width(make):
                                            if "width" not in k})
                 sg = layer.spike_grad
             width = sg.b_th
-            ref_layer.b_th = ref_layer.spike_grad.b_th = width
+            ref_layer.b_th = width
             out = layer(cur)
             ref_fn, total = None, out.numel()
         before = width

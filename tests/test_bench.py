@@ -1,6 +1,7 @@
 """The benchmark: a tiny smoke run end to end, and its pieces against hand computation."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -142,3 +143,23 @@ def test_cuda_without_gpu_is_a_one_line_error(capsys, tmp_path):
     assert bench.main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no CUDA GPU" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flag,value", [("--threads", "-1"), ("--threads", "0"),
+                                        ("--b-th", "-1"), ("--b-th", "nan"), ("--rho", "-1"),
+                                        ("--rho", "1.5"), ("--repeats", "0"),
+                                        ("--warmup", "-2"), ("--batch", "0")])
+def test_bad_numbers_are_one_line_usage_errors(capsys, tmp_path, flag, value):
+    assert bench.main(["--device", "cpu", "--quick", flag, value, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert flag in err and "\n" not in err
+
+
+def test_unwritable_out_fails_before_running(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    start = time.perf_counter()
+    assert bench.main(["--device", "cpu", "--quick", "--out", str(blocker / "sub")]) == 2
+    assert time.perf_counter() - start < 5  # nothing was benchmarked
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and "cannot write" in err and "\n" not in err

@@ -104,3 +104,59 @@ def test_inductor_equals_eager():
     for g, rg in zip(grads, ref_grads):
         torch.testing.assert_close(g, rg, rtol=1e-6, atol=1e-6)
     assert grads[0].abs().sum() > 0
+
+
+# ------------------------------------------------------ the fused sequence layers
+def _spiking_linear_stack():
+    torch.manual_seed(0)
+    hidden = snn.SpikingLinear(12, 10, beta=0.9, threshold=0.3, b_th=0.3)
+    readout = snn.SpikingLinear(10, 4, beta=0.9, readout=True)
+    x = (torch.rand(8, 3, 12, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    return (lambda x: readout(hidden(x))), [hidden.weight, readout.weight], x
+
+
+def _fused_model():
+    import snntorch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(20, 10),
+        snntorch.Leaky(beta=0.9, threshold=0.4, init_hidden=True), torch.nn.Linear(10, 4),
+        snntorch.Leaky(beta=0.9, init_hidden=True, output=True))
+    fused = snn.fuse(net)
+    x = (torch.rand(8, 3, 4, 5, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    return (lambda x: fused(x)[1]), list(fused.parameters()), x
+
+
+def _forward_sequence():
+    lif = snn.Leaky(beta=0.9, b_th=0.3, learn_beta=True)
+    cur = torch.rand(8, 3, 5, generator=torch.Generator().manual_seed(1)) * 1.5
+    return (lambda c: torch.cat(lif.forward_sequence(c))), [lif.beta], cur
+
+
+SEQUENCE_MODELS = {"spiking_linear": _spiking_linear_stack, "fused_model": _fused_model,
+                   "forward_sequence": _forward_sequence}
+
+
+def _outputs_and_grads(fn, params, x):
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    w = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    return out.detach(), torch.autograd.grad((out * w).sum(), [x] + params)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
+@pytest.mark.parametrize("model", list(SEQUENCE_MODELS))
+def test_fused_layers_compile_fullgraph(model, backend):
+    """fullgraph=True (no graph break) with outputs and gradients equal to eager."""
+    if backend == "inductor" and shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile's inductor CPU backend needs a C++ compiler")
+    fn, params, x = SEQUENCE_MODELS[model]()
+    ref_out, ref_grads = _outputs_and_grads(fn, params, x)
+    with torch._inductor.config.patch({"compile_threads": 1, "cpp.vec_isa_ok": False}):
+        out, grads = _outputs_and_grads(torch.compile(fn, fullgraph=True, backend=backend),
+                                        params, x)
+    assert torch.equal(out, ref_out)
+    assert grads[0].abs().sum() > 0
+    for g, rg in zip(grads, ref_grads):  # a traced graph forms ∂W by the dense GEMM
+        torch.testing.assert_close(g, rg, rtol=1e-5, atol=1e-6)

@@ -229,3 +229,55 @@ def test_shd_missing_files_message(tmp_path):
     _write_shd(tmp_path / "SHD" / "shd_train.h5", [[0.001]], [[1]], [0])
     with pytest.raises(FileNotFoundError, match=r"shd_test\.h5"):
         data.load("shd", data_dir=str(tmp_path))
+
+
+# ------------------------------------------------ malformed data: one DataError line
+def _fmnist_files(tmp_path, labels=None, compress=False):
+    rng = np.random.default_rng(0)
+    for train, (img_name, lab_name) in data._FMNIST_FILES.items():
+        n = 4 if train else 2
+        _write_idx(str(tmp_path / img_name) + (".gz" if compress else ""),
+                   rng.integers(0, 256, (n, 28, 28)), compress=compress)
+        lab = rng.integers(0, 10, n) if labels is None else np.asarray(labels[:n])
+        _write_idx(tmp_path / lab_name, lab)
+    return tmp_path / (data._FMNIST_FILES[True][0] + (".gz" if compress else ""))
+
+
+def test_truncated_idx_header_is_a_data_error(tmp_path):
+    images = _fmnist_files(tmp_path)
+    images.write_bytes(b"\x00\x00\x08\x03\x00\x00")  # 3 dimensions announced, none given
+    with pytest.raises(data.DataError, match="truncated IDX header"):
+        data.load("fmnist", data_dir=str(tmp_path))
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path):
+    images = _fmnist_files(tmp_path, compress=True)
+    images.write_bytes(images.read_bytes()[:40])  # a truncated archive
+    with pytest.raises(data.DataError, match="cannot be read"):
+        data.load("fmnist", data_dir=str(tmp_path))
+    images.write_bytes(b"not gzip at all")
+    with pytest.raises(data.DataError, match="cannot be read"):
+        data.load("fmnist", data_dir=str(tmp_path))
+
+
+def test_out_of_range_labels_are_a_data_error_at_load(tmp_path):
+    _fmnist_files(tmp_path, labels=[0, 1, 12, 3])
+    with pytest.raises(data.DataError, match="sample 2: label 12 is outside \\[0, 10\\)"):
+        data.load("fmnist", data_dir=str(tmp_path))
+
+
+def test_out_of_range_shd_label_is_a_data_error(tmp_path):
+    root = tmp_path / "SHD"
+    root.mkdir()
+    _write_shd(root / "shd_train.h5", [[0.001], [0.002]], [[1], [2]], [3, 25])
+    _write_shd(root / "shd_test.h5", [[0.001]], [[1]], [0])
+    train, _ = data.load("shd", data_dir=str(tmp_path), num_steps=4)
+    assert train[0][1] == 3
+    with pytest.raises(data.DataError, match="sample 1: label 25 is outside \\[0, 20\\)"):
+        train[1]
+
+
+@pytest.mark.parametrize("num_steps", [0, -3, 2.5, True])
+def test_load_rejects_bad_num_steps(num_steps):
+    with pytest.raises(ValueError, match="num_steps"):
+        data.load("digits", num_steps=num_steps)

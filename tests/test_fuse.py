@@ -205,3 +205,9 @@ def test_fused_output_is_finite_for_random_input():
     fused = fuse(_net(snntorch.Leaky))
     spk, mem = fused(torch.rand(T, B, 2, 3, 4))
     assert spk.shape == (T, B, 10) and math.isfinite(mem.sum().item())
+
+
+def test_bad_backward_blames_backward_not_a_layer():
+    net = nn.Sequential(nn.Linear(4, 3), snntorch.Leaky(beta=0.9, init_hidden=True))
+    with pytest.raises(ValueError, match="fuse: backward must be one of"):
+        fuse(net, backward="x")

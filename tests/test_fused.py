@@ -139,12 +139,11 @@ def test_lif_sequence_equals_per_step_snntorch_leaky(reset, level, per_neuron):
 def test_lif_sequence_marks_its_band():
     cur, _, beta, theta, _, _ = _inputs("2%", (2, 5))
     spk, _ = _fused.lif_sequence(cur, None, beta, theta, b_th=0.1)
-    bits, shape = spk._snn_sparse_band
+    bits = _fused.band_of(spk)
     mem = R.lif_sequence(cur, torch.zeros_like(cur[0]), beta, theta, b_th=0.1)[1]
-    assert shape == spk.shape
     assert torch.equal(bits, R.pack_bits((mem - theta).abs() < 0.1))
     dense, _ = _fused.lif_sequence(cur, None, beta, theta, b_th=None)
-    assert not hasattr(dense, "_snn_sparse_band")
+    assert _fused.band_of(dense) is None
 
 
 @pytest.mark.parametrize("reset,learn_beta,learn_theta", [

@@ -114,8 +114,10 @@ def csr(m, vals):
 def band_threshold(u, activity):
     """A ``b_th`` that puts about ``activity`` of ``u`` in the band (0: none, 1: all)."""
     a = u.abs().double().reshape(-1)
-    if activity == 0 or a.numel() == 0:
-        return 0.0
+    if a.numel() == 0:
+        return 1.0
+    if activity == 0:  # the smallest |u|: the band is strict, so it holds nothing
+        return a.min().item() or 2.0**-1074
     if activity == 1:
         return 2 * a.max().item() + 1
     return torch.quantile(a, activity).item()
@@ -146,7 +148,7 @@ SPIKE_SHAPES = [(), (0,), (1,), (31,), (32,), (33,), (4, 50), (3, 7, 11), (3, 90
 def test_spike(device, gen, dtype, shape, activity):
     u = randn(shape, gen, dtype)
     b_th = math.inf if activity == "dense" else band_threshold(u, activity)
-    if u.numel() >= 8 and activity != "dense":
+    if u.numel() >= 8 and activity not in ("dense", 0.0):
         flat = u.view(-1)
         flat[:4] = torch.tensor([b_th, -b_th, 0.0, math.nan])  # edges: outside, outside, in
     (spk, bits, vals), (e_spk, e_bits, e_vals) = run("spike", device, u, ref.ATAN, 2.0, b_th, 1.5)
@@ -424,6 +426,17 @@ def test_bad_arguments_name_the_argument(device, case):
         getattr(ops, op)(*args)
 
 
+@pytest.mark.parametrize("b_th", [0.0, -0.2, math.nan, -math.inf])
+def test_spike_refuses_a_bad_band(device, b_th):
+    """An empty (0, negative, NaN) or negative-infinite band is refused, as by every other
+    entry point (+inf is the dense surrogate)."""
+    u = torch.zeros(5, dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="`b_th` must be > 0"):
+        ops.spike(u, ref.ATAN, 2.0, b_th, 1.0)
+    with pytest.raises(ValueError, match="`b_th` must be > 0"):
+        ref.spike(u, ref.ATAN, 2.0, b_th, 1.0)
+
+
 def test_dw_trace_needs_sorted_rows():
     """The trace walk advances one pointer per column with t; unsorted rows are refused."""
     colptr = torch.tensor([0, 2], dtype=torch.int64)
@@ -432,3 +445,43 @@ def test_dw_trace_needs_sorted_rows():
     with pytest.raises(RuntimeError, match="`rows` must be strictly increasing"):
         ops.dw_trace(rowptr, torch.zeros(1, dtype=torch.int32), torch.ones(1, dtype=torch.float64),
                      colptr, rows, torch.empty(0, dtype=torch.float64), 0.9, 4, 1, 1)
+
+
+# ------------------------------------------------- sizes: overflow and empty work
+def _empty_csc(n, device):
+    return (torch.zeros(n + 1, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.int32, device=device))
+
+
+def test_dw_trace_refuses_overflowing_sizes(device):
+    """T·B beyond int64 is an error before anything is allocated or indexed."""
+    rowptr, cols = _empty_csc(0, device)
+    colptr, rows = _empty_csc(3, device)
+    e = torch.zeros(0, dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="T\\*B .* overflows int64"):
+        ops.dw_trace(rowptr, cols, e, colptr, rows, e, 0.9, 2**62, 8, 4)
+
+
+def test_dw_spikes_refuses_overflowing_n_in(device):
+    colptr, rows = _empty_csc(2, device)
+    delta = torch.zeros(3, 4, dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="overflows int64"):
+        ops.dw_spikes(delta, colptr, rows, delta.new_empty(0), 2**63 - 1)
+
+
+@pytest.mark.parametrize("T,B", [(2**40, 0), (0, 2**40)])
+def test_dw_trace_without_rows_returns_zeros_at_once(device, T, B):
+    """No sample-steps (T·B = 0) is no work, however large the other factor: zeros, no loop."""
+    rowptr, cols = _empty_csc(0, device)
+    colptr, rows = _empty_csc(3, device)
+    e = torch.zeros(0, dtype=torch.float64, device=device)
+    out = ops.dw_trace(rowptr, cols, e, colptr, rows, e, 0.9, T, B, 5)
+    assert out.shape == (3, 5) and out.dtype == torch.float64 and not out.any()
+
+
+def test_dw_spikes_without_outputs_returns_at_once(device):
+    """A zero-width delta ([R, 0], no memory however large R) is no work: no walk over R."""
+    colptr, rows = _empty_csc(3, device)
+    delta = torch.empty(2**60, 0, dtype=torch.float64, device=device)
+    out = ops.dw_spikes(delta, colptr, rows, delta.new_empty(0), 3)
+    assert out.shape == (3, 0)

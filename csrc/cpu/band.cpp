@@ -79,6 +79,7 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
                                              double b_th, double gamma) {
   check_float(u_in, "spike", "u");
   check_shape_id(shape, "spike");
+  check_b_th(b_th, "spike");
   const Tensor u = u_in.contiguous();
   const int64_t n = u.numel();
   Tensor spk = at::empty(u.sizes(), u.options());

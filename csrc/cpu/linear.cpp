@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "cpu/checks.h"
+#include "sizes.h"
 
 // The weight/input gradients are arithmetic-bound once their data sits in cache, so
 // their per-thread workers are compiled for several vector widths and the best one for
@@ -45,7 +46,8 @@ void check_compressed(const Tensor& ptr, const Tensor& idx, int64_t n_major, int
                       const char* op, const char* ptr_name, const char* idx_name) {
   check_index(ptr, at::kLong, op, ptr_name);
   check_index(idx, at::kInt, op, idx_name);
-  TORCH_CHECK(ptr.numel() == n_major + 1, op, ": `", ptr_name, "` must have ", n_major + 1,
+  const int64_t n_ptr = checked_add(n_major, 1, op, "pointer count");
+  TORCH_CHECK(ptr.numel() == n_ptr, op, ": `", ptr_name, "` must have ", n_ptr,
               " entries, got ", ptr.numel());
   const Tensor p = ptr.contiguous();
   const int64_t* pp = p.const_data_ptr<int64_t>();
@@ -143,6 +145,9 @@ Tensor dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor&
   const Tensor delta = delta_in.contiguous(), cp = colptr.contiguous(), rw = rows.contiguous(),
                xvals = xvals_in.contiguous();
   Tensor out = at::empty({n_in, n_out}, delta.options());
+  // No outputs is no work: the row-tile walk below would otherwise step through all R
+  // rows of a zero-width delta (R can be huge at no memory cost), as the CUDA op avoids.
+  if (n_in == 0 || n_out == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dw_spikes_cpu", [&] {
     at::parallel_for(0, n_in, 1, [&](int64_t i0, int64_t i1) {
       std::vector<int64_t> next(i1 - i0);
@@ -211,11 +216,12 @@ Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
   TORCH_CHECK(eps_in.dim() == 1 && eps_in.numel() == cols.numel(),
               "dw_trace: `eps_vals` must be 1-D with one value per entry of `cols` (", cols.numel(),
               "), got shape ", eps_in.sizes());
-  check_compressed(rowptr, cols, T * B, n_out, "dw_trace", "rowptr", "cols");
+  const int64_t R = checked_mul(T, B, "dw_trace", "T*B");
+  check_compressed(rowptr, cols, R, n_out, "dw_trace", "rowptr", "cols");
   TORCH_CHECK(colptr.dim() == 1 && colptr.numel() >= 1,
               "dw_trace: `colptr` must be 1-D with n_in + 1 entries, got shape ", colptr.sizes());
   const int64_t n_in = colptr.numel() - 1;
-  check_compressed(colptr, rows, n_in, T * B, "dw_trace", "colptr", "rows");
+  check_compressed(colptr, rows, n_in, R, "dw_trace", "colptr", "rows");
   check_xvals(xvals_in, eps_in, rows.numel(), "dw_trace", "eps_vals");
   const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous(),
                cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
@@ -227,9 +233,11 @@ Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
         TORCH_CHECK(rr[k - 1] < rr[k], "dw_trace: `rows` must be strictly increasing within each "
                     "column (column ", i, ")");
   }
+  if (R == 0 || n_in == 0 || n_out == 0) return at::zeros({n_in, n_out}, eps.options());
   Tensor out = at::empty({n_in, n_out}, eps.options());
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
     constexpr int64_t C = kTraceCols<scalar_t>;
+    checked_mul(std::max(B, n_out), C, "dw_trace", "per-thread scratch");
     at::parallel_for(0, (n_in + C - 1) / C, 1, [&](int64_t k0, int64_t k1) {
       std::vector<scalar_t> trace(B * C), acc(n_out * C);  // per thread, reused across blocks
       for (int64_t k = k0; k < k1; ++k)

@@ -115,6 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_cuda(const at::Tensor& u_in
   check_cuda(u_in, op, "u");
   check_floating(u_in, op, "u");
   check_shape_id(shape, op);
+  check_b_th(b_th, op);
   const c10::cuda::CUDAGuard guard(u_in.device());
   const at::Tensor u = u_in.contiguous();
   const int64_t n = u.numel();

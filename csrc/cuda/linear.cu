@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "cuda_utils.cuh"
+#include "sizes.h"
 
 namespace snntorch_sparse {
 namespace cuda {
@@ -188,7 +189,7 @@ at::Tensor dw_spikes_cuda(const at::Tensor& delta_in, const at::Tensor& colptr_i
   check_dim(delta_in, 2, op, "delta");
   TORCH_CHECK(n_in >= 0, op, ": `n_in` must be >= 0, got ", n_in);
   const Csc x = csc_arg(colptr_in, rows_in, xvals_in, delta_in, op, "delta");
-  check_numel(x.colptr, n_in + 1, op, "colptr", "n_in + 1");
+  check_numel(x.colptr, checked_add(n_in, 1, op, "n_in + 1"), op, "colptr", "n_in + 1");
   const c10::cuda::CUDAGuard guard(delta_in.device());
   const at::Tensor delta = delta_in.contiguous();
   const int64_t R = delta.size(0);
@@ -217,14 +218,15 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
               B, ", ", n_out);
   const at::Tensor rowptr = index_arg(rowptr_in, at::kLong, eps_vals_in, op, "rowptr");
   const at::Tensor cols = index_arg(cols_in, at::kInt, eps_vals_in, op, "cols");
-  check_numel(rowptr, T * B + 1, op, "rowptr", "T*B + 1");
+  const int64_t R = checked_mul(T, B, op, "T*B");
+  check_numel(rowptr, checked_add(R, 1, op, "T*B + 1"), op, "rowptr", "T*B + 1");
   check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
   const Csc x = csc_arg(colptr_in, rows_in, xvals_in, eps_vals_in, op, "eps_vals");
   const c10::cuda::CUDAGuard guard(eps_vals_in.device());
   const at::Tensor eps_vals = eps_vals_in.contiguous();
   const auto opmath_dtype = at::toOpMathType(eps_vals.scalar_type());
   at::Tensor acc = at::zeros({x.n_in, n_out}, eps_vals.options().dtype(opmath_dtype));
-  if (x.n_in > 0 && n_out > 0 && T * B > 0) {
+  if (x.n_in > 0 && n_out > 0 && R > 0) {
     // Order the nonzeros of each column by (b, t) so that thread b finds x[t, b, i] in step.
     at::Tensor keys = at::empty({x.nnz}, x.colptr.options());
     if (x.nnz > 0) {
