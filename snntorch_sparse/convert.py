@@ -3,7 +3,7 @@
 import snntorch
 from torch import nn
 
-from . import surrogate
+from . import metrics, surrogate
 from .leaky import Leaky
 
 
@@ -73,4 +73,5 @@ def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
         elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
                 module, "surrogate_disable", False):
             surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, b_th))
+    metrics.band_report(model, reset=False)  # names each layer for the empty-band warning
     return model

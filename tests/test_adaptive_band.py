@@ -200,6 +200,7 @@ def test_sparsify_auto_gives_each_neuron_its_own_band():
     snn.sparsify(net, b_th="auto", all_neurons=True)
     a, b = net[1].spike_grad, net[3].spike_grad
     assert isinstance(a, AdaptiveSurrogate) and isinstance(b, AdaptiveSurrogate) and a is not b
+    assert (a.layer, b.layer) == ("1", "3")           # named for the empty-band warning
     assert {"1.spike_grad.width", "3.spike_grad.width"} <= set(net.state_dict())
 
 
