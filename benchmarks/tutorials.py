@@ -28,6 +28,7 @@ Run (full sizes; ``--quick`` for the CI sizes used by tests/test_tutorials.py)::
 
     PYTHONPATH=. python benchmarks/tutorials.py --iters 30
     PYTHONPATH=. python benchmarks/tutorials.py --models tutorial7 --variants stock switched 0.2
+    PYTHONPATH=. python benchmarks/tutorials.py --models tutorial7 --batch 16 --iters 15
 """
 
 import argparse
@@ -173,9 +174,10 @@ def forward_pass(net, steps, data):
     return torch.stack(spk_rec)
 
 
-def train(name, variant, iters, size="quick", seed=0):
-    """Train one model for ``iters`` iterations; returns losses, time and band report."""
-    batch, steps = SIZES[name][size]
+def train(name, variant, iters, size="quick", seed=0, batch=None):
+    """Train one model for ``iters`` iterations; returns losses, time and band report.
+    ``batch`` overrides the size's batch (the steps stay the tutorial's)."""
+    batch, steps = batch or SIZES[name][size][0], SIZES[name][size][1]
     torch.manual_seed(seed)
     if variant == "stock":
         net = MODELS[name](snntorch, steps)
@@ -236,6 +238,8 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=["stock", "switched", "0.2", "auto"])
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--quick", action="store_true", help="the CI sizes")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size instead of the tutorial's (steps unchanged)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write all rows here")
     args = p.parse_args(argv)
@@ -246,7 +250,8 @@ def main(argv=None):
     for name in args.models:
         stock_drop = None
         for variant in args.variants:
-            r = train(name, variant, args.iters, "quick" if args.quick else "full", args.seed)
+            r = train(name, variant, args.iters, "quick" if args.quick else "full", args.seed,
+                      args.batch)
             drop = r["loss_start"] - r["loss_end"]
             if variant == "stock":
                 stock_drop = drop
