@@ -98,7 +98,9 @@ class Leaky(snntorch.Leaky):
         self._b_th = value
 
     def extra_repr(self):
-        return f"b_th={self.b_th!r}, spike_grad={self.spike_grad!r}"
+        # An adaptive surrogate is a submodule: the module repr prints it on its own line.
+        sg = "" if "spike_grad" in self._modules else f", spike_grad={self.spike_grad!r}"
+        return f"b_th={self.b_th!r}{sg}"
 
     # ------------------------------------------------------------------ sequences
     def forward_sequence(self, cur_seq, mem=None, backward="sparse"):
