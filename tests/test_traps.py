@@ -309,3 +309,16 @@ def test_spiking_linear_half_on_cpu_computes_in_float32(dtype):
         assert g.dtype == dtype and w.count_nonzero() > 0
         # layer boundaries round the gradient to half precision: compare at that scale
         torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=4e-3 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("make", [surrogate.atan, surrogate.fast_sigmoid, surrogate.sigmoid,
+                                  surrogate.triangular, surrogate.straight_through])
+def test_surrogates_accept_half_on_cpu(dtype, make):
+    sg = make(b_th=0.3)
+    u = (torch.rand(200) - 0.5).to(dtype)
+    got, want = u.clone().requires_grad_(), u.float().requires_grad_()
+    sg(got).sum().backward()
+    sg(want).sum().backward()
+    assert got.grad.dtype == dtype and want.grad.count_nonzero() > 0
+    torch.testing.assert_close(got.grad, want.grad.to(dtype))
