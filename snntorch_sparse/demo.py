@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import data, metrics, paper
+from . import data, metrics, paper, surrogate
 from ._cli import Parser, UsageError, band, positive_int, usage_error, writable_dir
 
 PROG = "python -m snntorch_sparse demo"
@@ -39,7 +39,8 @@ def parse_args(argv):
                    help="default: digits 12; the paper's for the others (E.6)")
     p.add_argument("--b-th", type=band, default=paper.COMMON["b_th"],
                    help="band half-width B_th of the sparse run (default 0.2, the paper's; "
-                        "auto: adaptive band, 2 %% target)")
+                        "auto: adaptive band, 2 %% target; default: the drop-in classes' "
+                        "default band)")
     p.add_argument("--hidden", type=positive_int, default=None,
                    help="neurons per hidden layer (default 200)")
     p.add_argument("--batch-size", type=positive_int, default=None)
@@ -173,7 +174,8 @@ def run(args, argv=()):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     base = paper.Config(dataset=args.dataset, data_dir=args.data_dir, device=args.device,
-                        b_th=args.b_th, seed=args.seed, hidden=args.hidden, epochs=args.epochs,
+                        b_th=(surrogate.DEFAULT_B_TH if args.b_th == "default" else args.b_th),
+                        seed=args.seed, hidden=args.hidden, epochs=args.epochs,
                         batch_size=args.batch_size, max_batches=args.max_batches,
                         progress=not args.no_progress,
                         num_workers=0 if args.dataset in ("digits", "fmnist") else 2)
