@@ -7,6 +7,11 @@ several), on the 8×8 digits and — when
 ``bth_sweep.json`` and ``bth_sweep.png`` and prints a table.
 
     python examples/bth_sweep.py                       # digits, ~2–4 min on 2 CPU cores
+    python examples/bth_sweep.py --values 0.2,auto,default --seeds 3
+
+Besides numbers, ``--values`` takes ``auto`` (the adaptive band, 2 % target) and
+``default`` (the drop-in classes' default band, ``surrogate.DEFAULT_B_TH``); their rows
+also give the mean width the band ended at (``b_th_end``).
     python examples/bth_sweep.py --data-dir ~/data --device cuda --shd-epochs 20
 """
 
@@ -20,13 +25,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from snntorch_sparse import data, metrics, paper  # noqa: E402
+from snntorch_sparse import data, metrics, paper, surrogate  # noqa: E402
+
+NAMED = {"auto": "auto", "default": surrogate.DEFAULT_B_TH}
+
+
+def parse_value(text):
+    """A B_th from ``--values``: a positive number, ``auto`` or ``default``."""
+    if text in NAMED:
+        return text
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"every B_th must be > 0, got {text!r}")
+    return value
 
 
 def sweep(dataset, values, args, epochs, datasets):
     """Per seed: a dense baseline and one sparse run per B_th. Returns the means over
     seeds: dense accuracy/loss and one row of figures per B_th."""
-    keys = ("test_accuracy", "final_loss", "activity", "backward_speedup", "memory_saved")
+    keys = ("test_accuracy", "final_loss", "activity", "backward_speedup", "memory_saved",
+            "b_th_end")
     rows = {b_th: {k: [] for k in keys} for b_th in values}
     dense_acc, dense_loss = [], []
     for seed in range(args.seed, args.seed + args.seeds):
@@ -38,7 +56,7 @@ def sweep(dataset, values, args, epochs, datasets):
         dense_acc.append(dense["test_accuracy"])
         dense_loss.append(dense["epochs"][-1]["loss"])
         for b_th in values:
-            res = paper.train(paper.Config(backward="sparse", b_th=b_th,
+            res = paper.train(paper.Config(backward="sparse", b_th=NAMED.get(b_th, b_th),
                                            label=f"seed {seed} B_th={b_th}", **common),
                               datasets=datasets)
             d, s = dense["summary"], res["summary"]
@@ -48,6 +66,8 @@ def sweep(dataset, values, args, epochs, datasets):
             row["activity"].append(sum(s["activity"]) / len(s["activity"]))
             row["backward_speedup"].append(d["backward_ms"] / s["backward_ms"])
             row["memory_saved"].append(metrics.memory_saved(d["saved_bytes"], s["saved_bytes"]))
+            ends = [b["b_th"] for b in res["epochs"][-1]["bands"]]
+            row["b_th_end"].append(sum(ends) / len(ends))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return {"seeds": args.seeds, "dense_test_accuracy": mean(dense_acc),
             "dense_final_loss": mean(dense_loss),
@@ -61,9 +81,14 @@ def plot(results, path):
               ("backward_speedup", "backward speedup vs dense (×)", 1),
               ("memory_saved", "memory saved (%, eq. 14)", 1))
     for name, res in results.items():
-        b = [r["b_th"] for r in res["rows"]]
+        fixed = [r for r in res["rows"] if not isinstance(r["b_th"], str)]
+        b = [r["b_th"] for r in fixed]
         for ax, (key, label, scale) in zip(axes, panels):
-            line, = ax.plot(b, [scale * r[key] for r in res["rows"]], "o-", label=name)
+            line, = ax.plot(b, [scale * r[key] for r in fixed], "o-", label=name)
+            for r in res["rows"]:  # adaptive bands: at the mean width they ended at
+                if isinstance(r["b_th"], str):
+                    ax.plot([r["b_th_end"]], [scale * r[key]], "*", ms=10,
+                            color=line.get_color(), label=f"{name} {r['b_th']}")
             ax.set(xlabel="B_th", ylabel=label, xscale="log")
             ax.set_xticks(b, [f"{v:g}" for v in b])
             ax.minorticks_off()
@@ -93,9 +118,10 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "snntorch_sparse_bth_sweep"),
                    help="output folder (default: under the system's temp folder)")
     args = p.parse_args(argv)
-    values = [float(v) for v in args.values.split(",")]
-    if not all(v > 0 for v in values):
-        p.error("--values: every B_th must be > 0")
+    try:
+        values = [parse_value(v) for v in args.values.split(",")]
+    except ValueError as err:
+        p.error(f"--values: {err}")
     os.makedirs(args.out, exist_ok=True)
     print(f"writing results to {args.out}")
 
@@ -111,11 +137,13 @@ def main(argv=None):
     for name, res in results.items():
         print(f"\n{name}: dense test accuracy {100 * res['dense_test_accuracy']:.1f} % "
               f"(means over {res['seeds']} seed(s))")
-        print("| B_th | test acc (%) | activity (%) | backward speedup | memory saved (%) |")
-        print("|-----:|-------------:|-------------:|-----------------:|-----------------:|")
+        print("| B_th | ends at | test acc (%) | activity (%) | backward speedup | "
+              "memory saved (%) |")
+        print("|-----:|----:|-------------:|-------------:|-----------------:|-----------------:|")
         for r in res["rows"]:
-            print(f"| {r['b_th']:g} | {100 * r['test_accuracy']:.1f} | {100 * r['activity']:.2f} "
-                  f"| {r['backward_speedup']:.2f}x | {r['memory_saved']:.1f} |")
+            print(f"| {r['b_th']} | {r['b_th_end']:.3g} | {100 * r['test_accuracy']:.1f} | "
+                  f"{100 * r['activity']:.2f} | {r['backward_speedup']:.2f}x | "
+                  f"{r['memory_saved']:.1f} |")
     with open(os.path.join(args.out, "bth_sweep.json"), "w") as f:
         json.dump(results, f, indent=1)
     plot(results, os.path.join(args.out, "bth_sweep.png"))

@@ -30,8 +30,9 @@ from .convert import sparsify  # noqa: E402
 from .fuse import fuse  # noqa: E402
 from .leaky import Leaky  # noqa: E402
 from .spiking_linear import SpikingLinear  # noqa: E402
+from .surrogate import AdaptiveBand  # noqa: E402
 
-__all__ = ["Leaky", "SpikingLinear", "fuse", "sparsify", "surrogate"]
+__all__ = ["AdaptiveBand", "Leaky", "SpikingLinear", "fuse", "sparsify", "surrogate"]
 
 
 def __getattr__(name):

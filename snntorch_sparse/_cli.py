@@ -48,11 +48,14 @@ non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def band(text):
-    """A band half-width ``B_th``: a positive finite number."""
+    """A band half-width ``B_th``: a positive finite number, ``auto`` (adaptive band) or
+    ``default`` (the drop-in classes' default band, resolved by the caller)."""
+    if text in ("auto", "default"):
+        return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive number, auto or default, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"B_th must be a positive finite number, got {text!r}")
     return value

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, NONE, SUBTRACT, ZERO
-from .surrogate import _check_b_th
+from .surrogate import AdaptiveBand, _check_b_th
 
 #: An input whose share of non-zeros is at most this is kept for backward in compact
 #: (CSC) form; a denser one is kept as is (there is no sparsity to exploit).
@@ -287,7 +287,7 @@ class _LIFSequence(torch.autograd.Function):
 
 
 def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
-                 b_th=0.2):
+                 b_th=0.2, stats=None):
     r"""A Leaky layer over a whole sequence in one fused forward and one fused backward.
 
     .. math::
@@ -309,6 +309,8 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         reset: ``reference.SUBTRACT`` / ``ZERO`` / ``NONE``.
         shape, p: surrogate shape id and parameter (see ``reference.surrogate_grad``).
         b_th: band half-width; None means the dense surrogate.
+        stats: a dict, or None; ``stats["in_band"]`` receives the band size (number of
+            in-band elements, known on the host without a sync) — an adaptive band's input.
 
     Returns:
         ``(spk, mem)``, both ``[T, ...]`` in ``cur``'s dtype; ``spk = γ·H(U − θ)``.
@@ -334,17 +336,24 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         raise TypeError("mem0 must be a tensor broadcastable to one step "
                         f"{list(cur.shape[1:])} or None, got {type(mem0).__name__}")
     b_th = _check_b_th(b_th)
+    if isinstance(b_th, AdaptiveBand):
+        raise ValueError("lif_sequence takes a fixed b_th (a float or None); an adaptive band "
+                         "lives in snntorch_sparse.Leaky / SpikingLinear, which pass its "
+                         "current width")
     work = compute_dtype(cur)
     if work != cur.dtype:  # float16/bfloat16 on the CPU: computed in float32
         spk, mem = lif_sequence(cur.to(work), None if mem0 is None else mem0.to(work), beta,
-                                theta, gamma=gamma, reset=reset, shape=shape, p=p, b_th=b_th)
+                                theta, gamma=gamma, reset=reset, shape=shape, p=p, b_th=b_th,
+                                stats=stats)
         return _cast_spikes(spk, cur.dtype), mem.to(cur.dtype)
     beta = torch.as_tensor(beta, device=cur.device)
     theta = torch.as_tensor(theta, device=cur.device)
     nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
                  math.inf if b_th is None else b_th)
-    spk, mem, bits, _ = _LIFSequence.apply(cur, mem0, beta, theta, nrn,
-                                           torch.is_grad_enabled())
+    spk, mem, bits, vals = _LIFSequence.apply(cur, mem0, beta, theta, nrn,
+                                              torch.is_grad_enabled())
+    if stats is not None:
+        stats["in_band"] = vals.numel()  # the band size, already on the host
     return _mark_band(spk.view(cur.shape), bits, nrn), mem.view(cur.shape)
 
 
@@ -358,7 +367,8 @@ class LinearConfig:
     no reset, the membrane is the output. ``dw_form``: force a weight-gradient form
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
-    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``).
+    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and
+    :func:`spiking_linear` with the band size (``"in_band"``).
     """
 
     neuron: Neuron
@@ -546,9 +556,11 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
-    spk, mem, bits, _ = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits, cfg,
-                                          torch.is_grad_enabled())
+    spk, mem, bits, vals = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits,
+                                                cfg, torch.is_grad_enabled())
     mem = mem.view(*x.shape[:2], -1)
+    if cfg.report is not None and not cfg.readout:
+        cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
     if cfg.readout:
         return mem, mem
     return _mark_band(spk.view(mem.shape), bits, cfg.neuron), mem

@@ -3,7 +3,7 @@
 import snntorch
 from torch import nn
 
-from . import surrogate
+from . import metrics, surrogate
 from .leaky import Leaky
 
 
@@ -21,7 +21,7 @@ def _to_sparse_leaky(lif, b_th):
     return lif
 
 
-def sparsify(model, b_th=0.2, all_neurons=False):
+def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
     r"""Give every :class:`snntorch.Leaky` in ``model`` a band-limited surrogate.
 
     Each plain ``snntorch.Leaky`` (at any depth, also inside ``nn.Sequential``) becomes a
@@ -43,7 +43,9 @@ def sparsify(model, b_th=0.2, all_neurons=False):
 
     Args:
         model (nn.Module): the model (or a single neuron).
-        b_th (float or None): band half-width; ``None`` keeps the dense surrogate.
+        b_th (float, None, "auto" or AdaptiveBand): band half-width; ``None`` keeps the
+            dense surrogate; ``"auto"`` / an :class:`AdaptiveBand` gives each neuron its
+            own adaptive band (see :class:`snntorch_sparse.surrogate.AdaptiveSurrogate`).
         all_neurons (bool): also band the surrogate of non-``Leaky`` snnTorch neurons.
 
     Returns:
@@ -70,5 +72,6 @@ def sparsify(model, b_th=0.2, all_neurons=False):
             _to_sparse_leaky(module, b_th)
         elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
                 module, "surrogate_disable", False):
-            module.spike_grad = surrogate.sparse(module.spike_grad, b_th)
+            surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, b_th))
+    metrics.band_report(model, reset=False)  # names each layer for the empty-band warning
     return model

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from . import data, metrics, paper
+from . import data, metrics, paper, surrogate
 from ._cli import Parser, UsageError, band, positive_int, usage_error, writable_dir
 
 PROG = "python -m snntorch_sparse demo"
@@ -39,7 +39,9 @@ def parse_args(argv):
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: digits 12; the paper's for the others (E.6)")
     p.add_argument("--b-th", type=band, default=paper.COMMON["b_th"],
-                   help="band half-width B_th of the sparse run (default 0.2)")
+                   help="band half-width B_th of the sparse run (default 0.2, the paper's; "
+                        "auto: adaptive band, 2 %% target; default: the drop-in classes' "
+                        "default band)")
     p.add_argument("--hidden", type=positive_int, default=None,
                    help="neurons per hidden layer (default 200)")
     p.add_argument("--batch-size", type=positive_int, default=None)
@@ -83,6 +85,8 @@ def compare(dense, sparse):
         "overall_speedup": ((d["forward_ms"] + d["backward_ms"])
                             / (s["forward_ms"] + s["backward_ms"])),
         "memory_saved_percent": metrics.memory_saved(d["saved_bytes"], s["saved_bytes"]),
+        # the sparse run's band per hidden layer at the end (B_th; rho of the last epoch)
+        "bands": sparse["epochs"][-1]["bands"],
     }
     if d["peak_bytes"] and s["peak_bytes"] is not None:
         out["peak_bytes"] = [d["peak_bytes"], s["peak_bytes"]]
@@ -97,6 +101,8 @@ def format_table(cfg, cmp, name="sparse"):
     for i in range(len(act[0])):
         rows.append((f"activity hidden{i + 1} (%, eq. 13)", f"{100 * act[0][i]:.2f}",
                      f"{100 * act[1][i]:.2f}"))
+    for i, b in enumerate(cmp["bands"]):
+        rows.append((f"B_th hidden{i + 1} (end)", "", f"{b['b_th']:.3g}"))
     rows += [
         ("forward ms / batch", f"{cmp['forward_ms'][0]:.1f}", f"{cmp['forward_ms'][1]:.1f}"),
         ("backward ms / batch", f"{cmp['backward_ms'][0]:.1f}", f"{cmp['backward_ms'][1]:.1f}"),
@@ -173,7 +179,8 @@ def run(args, argv=()):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     base = paper.Config(dataset=args.dataset, data_dir=args.data_dir, device=args.device,
-                        b_th=args.b_th, seed=args.seed, hidden=args.hidden, epochs=args.epochs,
+                        b_th=(surrogate.DEFAULT_B_TH if args.b_th == "default" else args.b_th),
+                        seed=args.seed, hidden=args.hidden, epochs=args.epochs,
                         batch_size=args.batch_size, max_batches=args.max_batches,
                         progress=not args.no_progress, grad_scale_T=args.grad_scale_T,
                         num_workers=0 if args.dataset in ("digits", "fmnist") else 2)

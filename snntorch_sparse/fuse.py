@@ -98,8 +98,8 @@ def fuse(model, backward="sparse"):
 
     becomes ``spk_seq, mem_seq = fuse(net)(x)`` with ``x [T, B, ...]``: equal outputs, and
     gradients equal the per-step model's with our Leakys' own bands. A stock
-    ``snntorch.Leaky`` gets the sparse default band ``b_th=0.2`` (as :func:`sparsify` gives
-    it); ``backward="dense"`` keeps snnTorch's dense gradient. Every Linear followed by a
+    ``snntorch.Leaky`` gets the sparse default band ``surrogate.DEFAULT_B_TH`` (as
+    :func:`sparsify` gives it); ``backward="dense"`` keeps snnTorch's dense gradient. Every Linear followed by a
     Leaky (ours or snnTorch's) becomes one
     ``SpikingLinear`` sharing the Linear's weight and bias Parameters and a learnable β/θ
     Parameter; fixed β/θ, reset mechanism, surrogate, ``b_th`` and the graded-spikes factor

@@ -27,9 +27,13 @@ class Leaky(snntorch.Leaky):
         learn_beta, learn_threshold, reset_mechanism, state_quant, output,
         graded_spikes_factor, learn_graded_spikes_factor, reset_delay:
             as :class:`snntorch.Leaky`.
-        b_th (float or None): band half-width ``B_th`` (keyword only); ``None`` is the
-            dense surrogate: :class:`snntorch.Leaky`'s gradient, bit for bit with the
-            default atan (see :mod:`snntorch_sparse.surrogate` for each shape).
+        b_th (float, None, "auto" or AdaptiveBand): band half-width ``B_th`` (keyword
+            only); ``None`` is the dense surrogate: :class:`snntorch.Leaky`'s gradient, bit
+            for bit with the default atan (see :mod:`snntorch_sparse.surrogate` for each
+            shape). ``"auto"`` / :class:`~snntorch_sparse.AdaptiveBand`: the band follows
+            the membrane to keep the activity ρ at a target (module state; see
+            :class:`~snntorch_sparse.surrogate.AdaptiveSurrogate`); per step, it updates on
+            every surrogate call in training. Default: :data:`surrogate.DEFAULT_B_TH`.
 
     ``spike_grad=None`` is snnTorch's default ``atan(alpha=2)`` restricted to the band. A
     given ``spike_grad`` goes through :func:`snntorch_sparse.surrogate.sparse` with this
@@ -65,7 +69,7 @@ class Leaky(snntorch.Leaky):
         learn_graded_spikes_factor=False,
         reset_delay=True,
         *,
-        b_th=0.2,
+        b_th=surrogate.DEFAULT_B_TH,
     ):
         b_th = surrogate._check_b_th(b_th)
         if surrogate_disable:
@@ -91,11 +95,13 @@ class Leaky(snntorch.Leaky):
     def b_th(self, value):
         value = surrogate._check_b_th(value)
         if not self.surrogate_disable:
-            self.spike_grad = surrogate.sparse(self.spike_grad, value)
+            surrogate.assign_spike_grad(self, surrogate.sparse(self.spike_grad, value))
         self._b_th = value
 
     def extra_repr(self):
-        return f"b_th={self.b_th!r}, spike_grad={self.spike_grad!r}"
+        # An adaptive surrogate is a submodule: the module repr prints it on its own line.
+        sg = "" if "spike_grad" in self._modules else f", spike_grad={self.spike_grad!r}"
+        return f"b_th={self.b_th!r}{sg}"
 
     # ------------------------------------------------------------------ sequences
     def forward_sequence(self, cur_seq, mem=None, backward="sparse"):
@@ -160,7 +166,8 @@ class Leaky(snntorch.Leaky):
         widens = any(t.dim() > 0 and torch.promote_types(t.dtype, cur_seq.dtype) != cur_seq.dtype
                      for t in (self.beta, self.threshold, mem))
         fusable = (not (self.inhibition or self.state_quant or self.surrogate_disable or widens)
-                   and self.reset_delay and isinstance(self.spike_grad, surrogate.SparseSurrogate))
+                   and self.reset_delay and isinstance(
+                       self.spike_grad, (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)))
         if backward == "rate" and not fusable:
             raise ValueError("forward_sequence(backward='rate') needs the fused path: no "
                              "inhibition, state_quant, surrogate_disable, reset_delay=False, "
@@ -174,19 +181,26 @@ class Leaky(snntorch.Leaky):
 
     def _fused_sequence(self, cur_seq, mem, b_th, rate=False):
         sg = self.spike_grad
+        stats = {}
+        # An adaptive band runs at its current width (sg.b_th), then learns from the count.
+        width = sg.b_th if isinstance(b_th, surrogate.AdaptiveBand) else b_th
         # Per step, the float32 reset flags promote a float16/bfloat16 membrane to float32
         # from the first step on; the fused sequence computes in that dtype too.
         work = torch.promote_types(cur_seq.dtype, torch.float32)
         if rate:  # no band tag: the rate input gradient is not limited to a band
             nrn = _fused.Neuron(1.0, reference.RESETS.index(self.reset_mechanism), sg.shape,
-                                sg.p, math.inf if b_th is None else b_th)
+                                sg.p, math.inf if width is None else width)
             spk, mem_seq = _rate.rate_lif_sequence(cur_seq.to(work), mem.to(work),
                                                    self.beta.clamp(0, 1), self.threshold, nrn)
             return spk.float() * self.graded_spikes_factor, mem_seq
         spk, mem_seq = _fused.lif_sequence(
             cur_seq.to(work), mem.to(work), self.beta.clamp(0, 1), self.threshold, gamma=1.0,
-            reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p, b_th=b_th,
+            reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p,
+            b_th=width, stats=stats,
         )
+        if (b_th is not None and getattr(sg, "training", True) and spk.requires_grad
+                and cur_seq.numel() and not torch.compiler.is_compiling()):
+            sg.observe(stats["in_band"], cur_seq.numel())
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
         # γ outside the op lets autograd handle a learnable factor.
         out = spk.float() * self.graded_spikes_factor
@@ -215,8 +229,8 @@ class Leaky(snntorch.Leaky):
             yield
             return
         saved = self.spike_grad
-        self.spike_grad = surrogate.sparse(saved, b_th)
+        surrogate.assign_spike_grad(self, surrogate.sparse(saved, b_th))
         try:
             yield
         finally:
-            self.spike_grad = saved
+            surrogate.assign_spike_grad(self, saved)

@@ -148,3 +148,54 @@ def peak_memory(device):
     yield result
     peak = torch.cuda.max_memory_allocated(device)
     result["peak"], result["extra"] = peak, peak - start
+
+
+def band_report(model, reset=True):
+    r"""Per layer: the band half-width ``B_th`` and the band activity ρ (paper eq. 13)
+    seen in training, for every neuron of ``model`` with a band-limited surrogate.
+
+    ρ is measured from the band sizes the training forward calls already counted (no
+    extra pass): in-band neuron-steps over observed neuron-steps since the last report
+    with ``reset=True`` (then the counters restart). Layers with a dense surrogate are
+    left out. Also names each layer's surrogate (``spike_grad.layer``), so that an
+    empty-band warning names the layer as the model does.
+
+    Returns:
+        a list of dicts ``{"layer", "b_th", "band", "rho"}``: ``b_th`` the current width
+        (a float), ``band`` the setting (a float or an ``AdaptiveBand``), ``rho`` a float
+        or None when no training call was observed.
+
+    Example::
+
+        >>> import torch, torch.nn as nn
+        >>> import snntorch_sparse as snn
+        >>> from snntorch_sparse import metrics
+        >>> net = nn.Sequential(nn.Linear(4, 8), snn.Leaky(beta=0.9, init_hidden=True))
+        >>> out = net(torch.rand(2, 4, requires_grad=True))
+        >>> [r["layer"] for r in metrics.band_report(net)]
+        ['1']
+    """
+    from . import surrogate
+
+    kinds = (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)
+    rows = []
+    for name, module in model.named_modules():
+        sg = getattr(module, "spike_grad", None)
+        if not isinstance(sg, kinds) or sg.b_th is None or getattr(module, "readout", False):
+            continue
+        sg.layer = name or type(module).__name__
+        seen, total = sg.counts
+        rows.append({"layer": sg.layer, "b_th": sg.b_th, "band": sg.band,
+                     "rho": seen / total if total else None})
+        if reset:
+            sg.counts[:] = [0, 0]
+    return rows
+
+
+def format_band_report(rows):
+    """One line per layer: ``name: B_th=…, ρ=… %`` (for the demo, paper.train, bench)."""
+    return "; ".join(
+        f"{r['layer']}: B_th={r['b_th']:.3g}"
+        + ("" if isinstance(r["band"], float) else " (adaptive)")
+        + (", rho=n/a" if r["rho"] is None else f", rho={100 * r['rho']:.2f}%")
+        for r in rows)

@@ -190,7 +190,7 @@ class Config:
     data_dir: Optional[str] = None
     device: str = "cpu"
     backward: Union[str, Sequence[str]] = "sparse"
-    b_th: float = COMMON["b_th"]
+    b_th: Union[float, str] = COMMON["b_th"]
     seed: int = 0
     hidden: Optional[int] = None
     epochs: Optional[int] = None
@@ -208,9 +208,10 @@ class Config:
         if self.dataset not in PARAMS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of "
                              f"{', '.join(PARAMS)}")
-        if not (isinstance(self.b_th, (int, float)) and math.isfinite(self.b_th)
-                and self.b_th > 0):
-            raise ValueError(f"b_th must be a positive number, got {self.b_th!r}")
+        if self.b_th is None:
+            raise ValueError('b_th must be a positive number, "auto" or an AdaptiveBand, '
+                             "got None")
+        _surrogate._check_b_th(self.b_th)
         table = PARAMS[self.dataset]
         out = copy.copy(self)
         for name in ("hidden", "epochs", "batch_size", "lr"):
@@ -293,7 +294,7 @@ def train_step(model, optimizer, x, y, cfg):
         t1 = clock.now()
         # Measured outside the timed regions; the membranes are then released, so that
         # neither mode holds them during its backward.
-        activity = [metrics.activity(m, layer.threshold, layer.b_th)
+        activity = [metrics.activity(m, layer.threshold, layer.spike_grad.b_th)
                     for m, layer in zip(mems, model.hidden)]
         correct = (logits_of(out.detach(), table["logits"]).argmax(1) == y).sum().item()
         del mems
@@ -422,9 +423,12 @@ def train(config, datasets=None):
             "test_accuracy": test_acc,
             "activity": [_mean([r["activity"][k] for r in rows])
                          for k in range(len(rows[0]["activity"]))],
+            # per layer, B_th at the epoch's end and rho seen by its training calls
+            "bands": [{**r, "band": repr(r["band"])} for r in metrics.band_report(model)],
         })
     return {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg),  # JSON-ready: an AdaptiveBand as its repr
+                   "b_th": cfg.b_th if isinstance(cfg.b_th, (int, float, str)) else repr(cfg.b_th)},
         "test_accuracy": epochs[-1]["test_accuracy"],
         "epochs": epochs,
         "history": history,

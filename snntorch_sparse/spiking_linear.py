@@ -6,20 +6,20 @@ import numbers
 import torch
 from torch import nn
 
-from . import _fused, _rate
+from . import _fused, _rate, surrogate
 from .reference import NONE, RESETS
+from .surrogate import DEFAULT_B_TH
 
 BACKWARDS = ("sparse", "dense", "rate")
 
 
 def _surrogate(spike_grad, b_th):
     """``(shape id, p, b_th or None)`` of the compiled surrogate for a ``spike_grad``."""
-    from . import surrogate
 
     if spike_grad is None:
         spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
     sg = surrogate.sparse(spike_grad, b_th)
-    if not isinstance(sg, surrogate.SparseSurrogate):
+    if not isinstance(sg, (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)):
         raise ValueError(
             f"spike_grad {spike_grad!r} is not a compiled surrogate shape; SpikingLinear "
             "supports fast_sigmoid, atan, sigmoid, triangular and straight_through (ours or "
@@ -111,7 +111,11 @@ class SpikingLinear(nn.Module):
         spike_grad: surrogate: one of ``snntorch_sparse.surrogate``'s or snnTorch's
             fast_sigmoid/atan/sigmoid/triangular/straight_through; None is atan(α=2).
             Its band is replaced by ``b_th``.
-        b_th: band half-width B_th; None means the dense surrogate.
+        b_th: band half-width B_th; None means the dense surrogate; ``"auto"`` or an
+            :class:`~snntorch_sparse.AdaptiveBand`: the band follows the membrane to keep
+            the activity ρ at a target, updated after each training call from the band
+            size the forward already counts (module state ``spike_grad.width``).
+            Default: :data:`surrogate.DEFAULT_B_TH`.
         reset_mechanism: "subtract", "zero" or "none".
         learn_beta, learn_threshold: make β / θ learnable parameters.
         readout: the infinite-threshold readout (returns the membrane).
@@ -131,7 +135,7 @@ class SpikingLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, beta, threshold=1.0, bias=False,
-                 spike_grad=None, b_th=0.2, reset_mechanism="subtract", learn_beta=False,
+                 spike_grad=None, b_th=DEFAULT_B_TH, reset_mechanism="subtract", learn_beta=False,
                  learn_threshold=False, readout=False, backward="sparse",
                  graded_spikes_factor=1.0, device=None, dtype=None):
         super().__init__()
@@ -179,13 +183,15 @@ class SpikingLinear(nn.Module):
 
     @property
     def b_th(self):
-        """Band half-width B_th of the surrogate (``None``: dense). Setting it re-bands
-        ``spike_grad`` and is validated like the constructor's ``b_th``."""
-        return self.spike_grad.b_th
+        """Band setting of the surrogate (a float, ``None``: dense, or an
+        :class:`~snntorch_sparse.AdaptiveBand`, whose current width is
+        ``spike_grad.b_th``). Setting it re-bands ``spike_grad`` and is validated like the
+        constructor's ``b_th``."""
+        return self.spike_grad.band
 
     @b_th.setter
     def b_th(self, value):
-        self.spike_grad = self.spike_grad.with_band(value)
+        surrogate.assign_spike_grad(self, self.spike_grad.with_band(value))
 
     def reset_parameters(self):
         """``nn.Linear``'s default initialisation (Kaiming-uniform weight and bias)."""
@@ -196,7 +202,8 @@ class SpikingLinear(nn.Module):
 
     def _config(self):
         sg = self.spike_grad
-        b_th = math.inf if (self.b_th is None or self.backward == "dense") else self.b_th
+        width = sg.b_th  # an adaptive band's current width
+        b_th = math.inf if (width is None or self.backward == "dense") else width
         nrn = _fused.Neuron(self.graded_spikes_factor,
                             NONE if self.readout else RESETS.index(self.reset_mechanism),
                             sg.shape, sg.p, b_th)
@@ -233,12 +240,16 @@ class SpikingLinear(nn.Module):
         """``(output, membrane)`` over the sequence; the output is the spikes (membrane
         for a readout)."""
         self._check(x, mem)
+        cfg = self._config()
         if self.backward == "rate":
             return _rate.rate_spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
-                                             self.threshold, mem, self._config().neuron,
-                                             self.readout)
-        return _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
-                                     self.threshold, mem, self._config())
+                                             self.threshold, mem, cfg.neuron, self.readout)
+        out = _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
+                                    self.threshold, mem, cfg)
+        if (cfg.neuron.banded and not self.readout and getattr(self.spike_grad, "training", True)
+                and out[0].requires_grad and not torch.compiler.is_compiling()):
+            self.spike_grad.observe(self._report["in_band"], out[0].numel())
+        return out
 
     def forward(self, x, mem=None):
         """``x [T, B, in]`` → spikes ``[T, B, out]`` (readout: membrane ``[T, B, out]``).

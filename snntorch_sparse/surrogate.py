@@ -82,22 +82,107 @@ class SlowPathWarning(UserWarning):
     """A surrogate that the compiled kernels do not know runs its band in eager PyTorch."""
 
 
-#: The band given to a neuron that did not choose one: a stock snnTorch neuron that
-#: ``fuse`` or ``sparsify`` switches. Our classes' ``b_th`` default is the same.
-DEFAULT_B_TH = 0.2
+
+
+class AdaptiveBand:
+    r"""Settings of an adaptive band: ``B_th`` follows the membrane so that the band
+    activity ρ (paper eq. 13) tracks ``target``.
+
+    Per layer, after each training forward call that observed ``n`` neuron-steps of which
+    ``k`` lay inside the band (the band size the ``spike`` op already counts — no extra
+    pass, no extra host sync), with ``ρ = k / n``:
+
+    .. math::
+
+        B_{th} \leftarrow \operatorname{clip}\Big(B_{th}\cdot
+        \operatorname{clip}\big((ρ^*/ρ)^{η},\, 1/s,\, s\big),\; B_{min},\, B_{max}\Big)
+
+    with ``ρ* = target``, ``η = rate``, ``s = max_step`` (``ρ = 0`` gives the factor
+    ``s``). The forward output never depends on ``B_th`` (only the surrogate does), the
+    rule is deterministic given the same inputs, and the band used by a call is the one
+    before that call's update. ``b_th="auto"`` is ``AdaptiveBand()``.
+
+    Args:
+        target (float): activity to track, in (0, 1); default 2 %.
+        init (float): ``B_th`` before the first update (the paper's 0.2).
+        min, max (float): bounds of ``B_th``; ``min=init`` gives a band that only widens
+            (while ρ < target) and never goes below the paper's.
+        rate (float): exponent η of the correction (0 < η ≤ 1).
+        max_step (float): largest factor by which one update changes ``B_th`` (> 1).
+
+    Example::
+
+        >>> import snntorch_sparse as snn
+        >>> lif = snn.Leaky(beta=0.9, b_th=snn.AdaptiveBand(target=0.02, init=0.2))
+        >>> lif2 = snn.Leaky(beta=0.9, b_th="auto")      # the same with the defaults
+    """
+
+    def __init__(self, target=0.02, init=0.2, min=0.01, max=4.0, rate=0.2, max_step=1.5):
+        def real(name, v):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"AdaptiveBand: {name} must be a finite real number, got {v!r}")
+            return float(v)
+        self.target, self.init = real("target", target), real("init", init)
+        self.min, self.max = real("min", min), real("max", max)
+        self.rate, self.max_step = real("rate", rate), real("max_step", max_step)
+        if not 0 < self.target < 1:
+            raise ValueError(f"AdaptiveBand: target must be in (0, 1), got {target!r}")
+        if not 0 < self.min <= self.init <= self.max:
+            raise ValueError("AdaptiveBand: need 0 < min <= init <= max, got "
+                             f"min={min!r}, init={init!r}, max={max!r}")
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"AdaptiveBand: rate must be in (0, 1], got {rate!r}")
+        if not self.max_step > 1:
+            raise ValueError(f"AdaptiveBand: max_step must be > 1, got {max_step!r}")
+
+    def _key(self):
+        return (self.target, self.init, self.min, self.max, self.rate, self.max_step)
+
+    def next_width(self, b_th, count, total):
+        """The width after observing ``count`` in-band elements out of ``total``."""
+        rho = count / total
+        step = self.max_step if rho == 0 else min(max((self.target / rho) ** self.rate,
+                                                      1 / self.max_step), self.max_step)
+        return min(max(b_th * step, self.min), self.max)
+
+    def __eq__(self, other):
+        if not isinstance(other, AdaptiveBand):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return ("AdaptiveBand(target={!r}, init={!r}, min={!r}, max={!r}, rate={!r}, "
+                "max_step={!r})".format(*self._key()))
+
+
+#: The band of a neuron that did not choose one: our classes' ``b_th`` default (so the
+#: one-import switch) and a stock snnTorch neuron that ``fuse`` switches. The paper's 0.2
+#: that widens while fewer than 20 % of the layer's neuron-steps are in the band and never
+#: narrows below 0.2, so that a layer whose membranes start far from threshold still gets
+#: a gradient (measured on snnTorch's tutorial models: docs/choosing-bth.md). Give
+#: ``b_th=0.2`` for the paper's fixed band, ``"auto"`` for the 2 % target.
+DEFAULT_B_TH = AdaptiveBand(target=0.2, init=0.2, min=0.2)
 
 
 def _check_b_th(b_th):
-    """``None`` (dense) or a positive finite float; anything else is a ValueError."""
-    if b_th is None:
-        return None
+    """``None`` (dense), a positive finite float, ``"auto"`` or an :class:`AdaptiveBand`
+    (returned as an ``AdaptiveBand``); anything else is a ValueError."""
+    if b_th is None or isinstance(b_th, AdaptiveBand):
+        return b_th
+    if isinstance(b_th, str) and b_th == "auto":
+        return AdaptiveBand()
     if isinstance(b_th, torch.Tensor) and b_th.numel() == 1:
         b_th = b_th.item()
+    msg = ('b_th must be None (dense), a positive finite float, "auto" or an '
+           f"AdaptiveBand, got {b_th!r}")
     if isinstance(b_th, bool) or not isinstance(b_th, numbers.Real):
-        raise ValueError(f"b_th must be None (dense) or a positive finite float, got {b_th!r}")
+        raise ValueError(msg)
     b_th = float(b_th)
     if not (math.isfinite(b_th) and b_th > 0):
-        raise ValueError(f"b_th must be None (dense) or a positive finite float, got {b_th!r}")
+        raise ValueError(msg)
     return b_th
 
 
@@ -118,7 +203,51 @@ def _check_u(u):
         )
 
 
-class SparseSurrogate:
+#: Consecutive training calls of one layer with an empty band (no neuron-step within
+#: ``B_th`` of threshold, so no gradient at all) after which it is reported, once.
+EMPTY_PATIENCE = 100
+
+
+class EmptyBandWarning(UserWarning):
+    """A layer's band has been empty for a sustained stretch of training: no gradient."""
+
+
+class _BandWatch:
+    """Host-side watch of a surrogate's band: the last ρ and the empty-band warning.
+
+    ``layer`` labels the layer in the warning; :func:`snntorch_sparse.metrics.band_report` and
+    :func:`snntorch_sparse.sparsify` set it to the layer's name in the model.
+    """
+
+    def _init_watch(self):
+        self.layer = None
+        self.last_rho = None
+        self.counts = [0, 0]  # in-band and observed elements since the last band_report
+        self._empty = 0
+        self._warned = False
+
+    def _watch(self, count, total):
+        self.last_rho = count / total
+        self.counts[0] += count
+        self.counts[1] += total
+        self._empty = 0 if count else self._empty + 1
+        if self._empty >= EMPTY_PATIENCE and not self._warned:
+            self._warned = True
+            where = f"layer {self.layer!r}" if self.layer else f"a layer with {self!r}"
+            warnings.warn(
+                f"snntorch_sparse: {where} has had an empty band (activity rho = "
+                f"{self.last_rho:.2%}) for {self._empty} training calls at B_th = "
+                f"{self.b_th:.3g}: no gradient reaches it. Remedy: b_th=\"auto\" (or a "
+                "wider fixed b_th), larger initial weights, or b_th=None (dense); "
+                "snntorch_sparse.metrics.band_report(model) lists rho and B_th per layer.",
+                EmptyBandWarning, stacklevel=4)
+
+    def observe(self, count, total):
+        """Record one training call's band size ``count`` out of ``total`` elements."""
+        self._watch(count, total)
+
+
+class SparseSurrogate(_BandWatch):
     """A ``spike_grad`` callable: ``S = H(u)`` forward, ``g(u)·[|u| < b_th]`` backward.
 
     Made by :func:`fast_sigmoid`, :func:`atan`, :func:`sigmoid`, :func:`triangular`,
@@ -128,7 +257,12 @@ class SparseSurrogate:
         shape (int): surrogate shape id (``reference.FAST_SIGMOID`` … ``STRAIGHT_THROUGH``).
         p (float): the shape parameter (slope, alpha or threshold; 0.0 for straight-through).
         b_th (float or None): band half-width; ``None`` means dense.
+        band: the same as ``b_th`` (for an :class:`AdaptiveSurrogate`, its settings).
+        counts (list): in-band and observed elements of the training calls since the last
+            :func:`snntorch_sparse.metrics.band_report` ``(reset=True)``.
         name (str): the shape's name, e.g. ``"atan"``.
+        layer (str or None): the layer's name in its model, once known (for warnings).
+        last_rho (float or None): band activity ρ of the last training call.
 
     Calling it on ``u`` (any shape, floating point) returns float32 spikes.
     """
@@ -139,20 +273,37 @@ class SparseSurrogate:
         self.shape = int(shape)
         self.p = _check_param(_PARAM_NAMES[shape] or "p", p)
         self.b_th = _check_b_th(b_th)
+        if isinstance(self.b_th, AdaptiveBand):
+            raise ValueError("an adaptive band needs AdaptiveSurrogate (use with_band)")
+        self._init_watch()
+
+    @property
+    def band(self):
+        return self.b_th
 
     @property
     def name(self):
         return reference.SHAPES[self.shape]
 
     def with_band(self, b_th):
-        """The same shape and parameter with another band (``None``: dense)."""
-        return SparseSurrogate(self.shape, self.p, b_th)
+        """The same shape and parameter with another band (``None``: dense; ``"auto"`` or
+        an :class:`AdaptiveBand`: an :class:`AdaptiveSurrogate`)."""
+        return _banded(self.shape, self.p, b_th)
+
+    def _spike(self, u, b_th):
+        _check_u(u)
+        u = u.to(_ops.compute_dtype(u))
+        spk, _, vals = torch.ops.snntorch_sparse.spike(
+            u, self.shape, self.p, math.inf if b_th is None else b_th, 1.0)
+        # vals.numel() is the band size the op already read on the host: free to watch
+        # (not while torch.compile traces: there it is a symbol, not a number).
+        if (b_th is not None and torch.is_grad_enabled() and u.requires_grad and u.numel()
+                and not torch.compiler.is_compiling()):
+            self.observe(vals.numel(), u.numel())
+        return spk.float()
 
     def __call__(self, u):
-        _check_u(u)
-        b_th = math.inf if self.b_th is None else self.b_th
-        u = u.to(_ops.compute_dtype(u))
-        return torch.ops.snntorch_sparse.spike(u, self.shape, self.p, b_th, 1.0)[0].float()
+        return self._spike(u, self.b_th)
 
     def __eq__(self, other):
         if not isinstance(other, SparseSurrogate):
@@ -165,7 +316,117 @@ class SparseSurrogate:
     def __repr__(self):
         param = _PARAM_NAMES[self.shape]
         args = [f"{param}={self.p!r}"] if param else []
-        return f"{self.name}({', '.join(args + [f'b_th={self.b_th!r}'])})"
+        return f"{self.name}({', '.join(args + [f'b_th={self.band!r}'])})"
+
+
+class AdaptiveSurrogate(torch.nn.Module):
+    """A compiled surrogate whose band follows :class:`AdaptiveBand` (module state).
+
+    Made by the surrogate functions and :func:`sparse` when ``b_th`` is ``"auto"`` or an
+    :class:`AdaptiveBand`. It is an ``nn.Module``: assigned as a neuron's ``spike_grad``
+    it becomes a submodule, so its state — the current width, buffer ``width`` (float64,
+    0-dim) — is saved in ``state_dict`` and moved by ``.to()``. A host copy of the width
+    feeds the kernel, so reading it costs no device sync; it is refreshed on
+    ``load_state_dict``.
+
+    Each call in training (module in training mode, grad enabled, ``u`` requires grad)
+    uses the current width, then updates it from that call's band size
+    (:meth:`AdaptiveBand.next_width`). Under ``torch.distributed`` (initialised, more than
+    one rank) the count is summed over ranks first (one ``all_reduce`` of two numbers per
+    update), so every rank keeps the same width; without a process group the rule is
+    rank-local and deterministic. The forward output does not depend on the width.
+    Inside ``torch.compile`` the band size is a traced symbol, not a number: a compiled
+    graph uses the width it was traced with and neither updates it nor watches for an
+    empty band (run some eager steps first, or use a fixed ``b_th``).
+
+    Example::
+
+        >>> import torch
+        >>> from snntorch_sparse import surrogate
+        >>> sg = surrogate.fast_sigmoid(slope=25, b_th="auto")
+        >>> u = torch.randn(1000, requires_grad=True) * 3
+        >>> spk = sg(u)                        # band 0.2 used; width updated from its ρ
+        >>> sg.b_th != 0.2, "width" in sg.state_dict()
+        (True, True)
+    """
+
+    def __init__(self, shape, p, band):
+        super().__init__()
+        self._fixed = SparseSurrogate(shape, p, None)  # shape, parameter, kernel call
+        self.band = _check_b_th(band)
+        if not isinstance(self.band, AdaptiveBand):
+            raise ValueError(f"AdaptiveSurrogate needs an AdaptiveBand, got {band!r}")
+        self._width = self.band.init
+        self.register_buffer("width", torch.tensor(self._width, dtype=torch.float64))
+        self.register_load_state_dict_post_hook(AdaptiveSurrogate._refresh)
+
+    @staticmethod
+    def _refresh(module, incompatible_keys):
+        module._width = float(module.width)  # one sync, at load time only
+
+    shape = property(lambda self: self._fixed.shape)
+    p = property(lambda self: self._fixed.p)
+    name = property(lambda self: self._fixed.name)
+    last_rho = property(lambda self: self._fixed.last_rho)
+    counts = property(lambda self: self._fixed.counts)
+
+    @property
+    def layer(self):
+        return self._fixed.layer
+
+    @layer.setter
+    def layer(self, value):
+        self._fixed.layer = value
+
+    @property
+    def b_th(self):
+        """The current band half-width (a float)."""
+        return self._width
+
+    def with_band(self, b_th):
+        return _banded(self.shape, self.p, b_th)
+
+    def observe(self, count, total):
+        """Update the width from one training call's band size (and watch for an empty
+        band)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            both = torch.tensor([float(count), float(total)], dtype=torch.float64,
+                                device=self.width.device)
+            torch.distributed.all_reduce(both)
+            count, total = both.tolist()
+        self._fixed.b_th = self._width  # the width this call used, for the warning
+        self._fixed._watch(count, total)
+        self._width = self.band.next_width(self._width, count, total)
+        self.width.fill_(self._width)
+
+    def forward(self, u):
+        _check_u(u)
+        u = u.to(_ops.compute_dtype(u))
+        spk, _, vals = torch.ops.snntorch_sparse.spike(u, self.shape, self.p, self._width, 1.0)
+        if (self.training and torch.is_grad_enabled() and u.requires_grad and u.numel()
+                and not torch.compiler.is_compiling()):
+            self.observe(vals.numel(), u.numel())
+        return spk.float()
+
+    def extra_repr(self):
+        return f"{self._fixed.name}, p={self.p!r}, band={self.band!r}, b_th={self._width:.4g}"
+
+
+def _banded(shape, p, b_th):
+    """The compiled surrogate ``(shape, p)`` with band ``b_th`` (fixed, None or adaptive)."""
+    b_th = _check_b_th(b_th)
+    if isinstance(b_th, AdaptiveBand):
+        return AdaptiveSurrogate(shape, p, b_th)
+    return SparseSurrogate(shape, p, b_th)
+
+
+def assign_spike_grad(neuron, spike_grad):
+    """Set ``neuron.spike_grad``, whether the old or the new one is a module
+    (an :class:`AdaptiveSurrogate` is a submodule; a plain callable is an attribute)."""
+    if "spike_grad" in neuron._modules and not isinstance(spike_grad, torch.nn.Module):
+        del neuron._modules["spike_grad"]
+    neuron.spike_grad = spike_grad
 
 
 def fast_sigmoid(slope=25, b_th=0.2):
@@ -190,7 +451,7 @@ def fast_sigmoid(slope=25, b_th=0.2):
         >>> sg(u).sum().backward(); u.grad
         tensor([0.0000, 0.0816, 0.0816, 0.0000])
     """
-    return SparseSurrogate(reference.FAST_SIGMOID, slope, b_th)
+    return _banded(reference.FAST_SIGMOID, slope, b_th)
 
 
 def atan(alpha=2.0, b_th=0.2):
@@ -214,7 +475,7 @@ def atan(alpha=2.0, b_th=0.2):
         >>> sg(u).sum().backward(); u.grad
         tensor([0., 1., 0.])
     """
-    return SparseSurrogate(reference.ATAN, alpha, b_th)
+    return _banded(reference.ATAN, alpha, b_th)
 
 
 def sigmoid(slope=25, b_th=0.2):
@@ -240,7 +501,7 @@ def sigmoid(slope=25, b_th=0.2):
         >>> sg(u).sum().backward(); u.grad
         tensor([0.0000, 6.2500, 0.0000])
     """
-    return SparseSurrogate(reference.SIGMOID, slope, b_th)
+    return _banded(reference.SIGMOID, slope, b_th)
 
 
 def triangular(threshold=1, b_th=0.2):
@@ -267,7 +528,7 @@ def triangular(threshold=1, b_th=0.2):
         >>> sg(u).sum().backward(); u.grad
         tensor([ 0.,  1., -1.])
     """
-    return SparseSurrogate(reference.TRIANGULAR, threshold, b_th)
+    return _banded(reference.TRIANGULAR, threshold, b_th)
 
 
 def straight_through(b_th=0.2):
@@ -288,7 +549,7 @@ def straight_through(b_th=0.2):
         >>> sg(u).sum().backward(); u.grad
         tensor([0., 1.])
     """
-    return SparseSurrogate(reference.STRAIGHT_THROUGH, 0.0, b_th)
+    return _banded(reference.STRAIGHT_THROUGH, 0.0, b_th)
 
 
 def straight_through_estimator(b_th=0.2):
@@ -359,7 +620,8 @@ def _slow_path_warning(fn):
         warnings.warn(
             f"snntorch_sparse: surrogate {kind[0]}.{kind[1]} is not one of the compiled "
             "shapes (fast_sigmoid, atan, sigmoid, triangular, straight_through); its band "
-            "runs in eager PyTorch (slow path, full membrane kept for backward).",
+            "runs in eager PyTorch (slow path, full membrane kept for backward) and cannot "
+            f"adapt: the default band is the fixed {DEFAULT_B_TH.init}.",
             SlowPathWarning, stacklevel=3)
 
 
@@ -375,7 +637,9 @@ def sparse(spike_grad, b_th=0.2):
       with their parameters, and mapped to the compiled kernel;
     * our own surrogates are re-banded with ``b_th``;
     * any other callable keeps its forward and its own gradient, masked by the band in
-      eager PyTorch (slow path; one :class:`SlowPathWarning` per kind of callable).
+      eager PyTorch (slow path; one :class:`SlowPathWarning` per kind of callable). An
+      adaptive band is refused for it, except the default one, which then stays at its
+      initial width (as the warning says).
       With ``b_th=None`` such a callable is returned unchanged.
 
     Example::
@@ -386,21 +650,28 @@ def sparse(spike_grad, b_th=0.2):
         fast_sigmoid(slope=10.0, b_th=0.3)
     """
     b_th = _check_b_th(b_th)
-    if isinstance(spike_grad, (SparseSurrogate, EagerBandSurrogate)):
+    if isinstance(spike_grad, (SparseSurrogate, AdaptiveSurrogate, EagerBandSurrogate)):
         return spike_grad.with_band(b_th)
     if not callable(spike_grad):
         raise TypeError(f"spike_grad must be callable, got {type(spike_grad).__name__}")
     known = _recognise_snntorch(spike_grad)
     if known is not None:
-        return SparseSurrogate(known[0], known[1], b_th)
+        return _banded(known[0], known[1], b_th)
     if b_th is None:
         return spike_grad
+    if isinstance(b_th, AdaptiveBand) and b_th is not DEFAULT_B_TH:
+        raise ValueError(
+            f"an adaptive band (b_th={b_th!r}) needs one of the compiled surrogate shapes "
+            "(fast_sigmoid, atan, sigmoid, triangular, straight_through); for "
+            f"{spike_grad!r} give a fixed b_th (a float) or b_th=None (dense)")
     _slow_path_warning(spike_grad)
+    if b_th is DEFAULT_B_TH:  # not chosen by the user: its fixed start, said in the warning
+        b_th = b_th.init
     return EagerBandSurrogate(spike_grad, b_th)
 
 
 __all__ = _SNN_PUBLIC + [
-    "SparseSurrogate", "EagerBandSurrogate", "SlowPathWarning", "fast_sigmoid", "atan",
+    "AdaptiveBand", "AdaptiveSurrogate", "EmptyBandWarning", "SparseSurrogate", "EagerBandSurrogate", "SlowPathWarning", "fast_sigmoid", "atan",
     "sigmoid", "triangular", "straight_through", "straight_through_estimator", "sparse",
 ]
 __all__ = sorted(set(__all__))

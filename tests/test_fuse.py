@@ -88,8 +88,13 @@ def test_snntorch_model_equals_per_step(reset, learn, output):
     # A stock Leaky gets the default band, as sparsify gives it: the fused model's gradient
     # is the per-step model's once that one is sparsified too (in place, same Parameters).
     assert fused.layers[0].b_th == snntorch_sparse.surrogate.DEFAULT_B_TH
+    # The default band adapts per call (per step there, per sequence here), so compare
+    # both at the paper's fixed band, which is also the default's starting width.
+    layer = fused.layers[0]
+    layer.b_th = 0.2
+    snntorch_sparse.surrogate.assign_spike_grad(layer, layer.spike_grad.with_band(0.2))
     x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
-    snntorch_sparse.sparsify(model)
+    snntorch_sparse.sparsify(model, b_th=0.2)
     _compare(model, fused, x, rtol=1e-4, atol=1e-5)
 
 

@@ -238,13 +238,18 @@ def test_one_import_switch():
     listed = dir(snn)
     assert {"Leaky", "SpikingLinear", "sparsify", "surrogate", "fuse", "Synaptic", "utils",
             "functional", "spikegen"} <= set(listed)
-    assert set(snn.__all__) == {"Leaky", "SpikingLinear", "fuse", "sparsify", "surrogate"}
+    assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingLinear", "fuse", "sparsify",
+                                "surrogate"}
 
 
 def test_default_is_atan_with_band():
     lif = Leaky(beta=0.9)
-    assert lif.spike_grad == surrogate.atan(alpha=2.0, b_th=0.2)
-    assert lif.b_th == 0.2
+    sg = lif.spike_grad
+    assert isinstance(sg, surrogate.AdaptiveSurrogate)
+    assert (sg.shape, sg.p, sg.band, sg.b_th) == (surrogate.reference.ATAN, 2.0,
+                                                   surrogate.DEFAULT_B_TH, 0.2)
+    assert lif.b_th == surrogate.DEFAULT_B_TH
+    assert Leaky(beta=0.9, b_th=0.2).spike_grad == surrogate.atan(alpha=2.0, b_th=0.2)
     assert Leaky(beta=0.9, b_th=None).spike_grad == surrogate.atan(alpha=2.0, b_th=None)
     assert isinstance(lif, snntorch.Leaky) and isinstance(lif, snntorch.SpikingNeuron)
     assert snntorch_sparse.Leaky is Leaky

@@ -258,7 +258,8 @@ def test_snntorch_surrogates_are_mapped():
                           b_th=0.3)
     assert (layer.spike_grad.shape, layer.spike_grad.p, layer.b_th) == (R.FAST_SIGMOID, 10.0, 0.3)
     ours = SpikingLinear(4, 3, beta=0.9, spike_grad=surrogate.sigmoid(slope=5, b_th=0.1))
-    assert (ours.spike_grad.shape, ours.spike_grad.p, ours.b_th) == (R.SIGMOID, 5.0, 0.2)
+    assert (ours.spike_grad.shape, ours.spike_grad.p, ours.b_th) == (R.SIGMOID, 5.0,
+                                                                     surrogate.DEFAULT_B_TH)
     default = SpikingLinear(4, 3, beta=0.9, b_th=None)
     assert (default.spike_grad.shape, default.spike_grad.p, default.b_th) == (R.ATAN, 2.0, None)
 

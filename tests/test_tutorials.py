@@ -1,0 +1,48 @@
+"""snnTorch's tutorial models learn with only the import switched (CI sizes).
+
+The models and loops are benchmarks/tutorials.py (faithful to snnTorch's tutorials 5, 6,
+7 and population coding), on synthetic data of their shapes. "Learns" means the loss
+falls by at least half as much as stock snnTorch's over the same iterations, same seed.
+"""
+
+import warnings
+
+import pytest
+
+from benchmarks import tutorials
+from snntorch_sparse.surrogate import EmptyBandWarning
+
+ITERS = {"tutorial5": 10, "tutorial6": 30, "tutorial7": 15, "population": 30}
+
+
+def _drop(name, variant):
+    r = tutorials.train(name, variant, ITERS[name], size="quick")
+    return r["loss_start"] - r["loss_end"], r
+
+
+TUTORIAL6_PLATEAU = pytest.mark.xfail(strict=True, reason=(
+    "known limitation (docs/choosing-bth.md): tutorial 6 leaves its initial plateau only "
+    "through the surrogate's tails far below threshold (stock's Adam amplifies them); no "
+    "band narrower than ~2 follows stock in 30 iterations"))
+
+
+@pytest.mark.parametrize("name", ["population", "tutorial7", "tutorial5",
+                                  pytest.param("tutorial6", marks=TUTORIAL6_PLATEAU)])
+def test_switched_model_learns_like_stock(name):
+    stock, _ = _drop(name, "stock")
+    switched, r = _drop(name, "switched")
+    assert stock > 0.05 * r["loss_start"]          # the synthetic task is learnable
+    assert switched >= 0.5 * stock, (switched, stock, r["bands"])
+    assert all(b["rho"] > 0 for b in r["bands"])
+
+
+@pytest.mark.parametrize("name", ["population", "tutorial7"])
+def test_paper_fixed_band_is_dead_here_and_says_so(name):
+    """The failure the default fixes: with the fixed 0.2 the deep layers start with no
+    neuron in the band, the loss is bit-for-bit constant, and a warning names the layer."""
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        r = tutorials.train(name, "0.2", 3 if name == "tutorial7" else 120, size="quick")
+    assert len(set(r["losses"])) == 1
+    assert any(b["rho"] == 0 for b in r["bands"])
+    assert any(issubclass(w.category, EmptyBandWarning) for w in got)
