@@ -47,18 +47,21 @@ positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
-def band(text):
-    """A band half-width ``B_th``: a positive finite number, ``auto`` (adaptive band) or
-    ``default`` (the drop-in classes' default band, resolved by the caller)."""
-    if text in ("auto", "default"):
-        return text
+def fixed_band(text):
+    """A fixed band half-width ``B_th``: a positive finite number."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, auto or default, got {text!r}") from None
+        value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"B_th must be a positive finite number, got {text!r}")
     return value
+
+
+def band(text):
+    """A band: a fixed half-width (:func:`fixed_band`), ``auto`` (adaptive band) or
+    ``default`` (the drop-in classes' default band, resolved by the caller)."""
+    return text if text in ("auto", "default") else fixed_band(text)
 
 
 def fraction(text):

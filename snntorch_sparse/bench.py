@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics, reference
-from ._cli import (Parser, UsageError, band, fraction, non_negative_int, positive_int,
+from ._cli import (Parser, UsageError, fixed_band, fraction, non_negative_int, positive_int,
                    usage_error, writable_dir)
 from ._ops import BACKENDS, ops
 from .data import DATASETS
@@ -780,7 +780,7 @@ def parse_args(argv):
                        DEFAULT_REPEATS["cpu"][1], DEFAULT_REPEATS["cuda"][1]))
     p.add_argument("--rho", type=fraction, default=0.02,
                    help="target band activity of each hidden layer (default 0.02)")
-    p.add_argument("--b-th", type=band, default=0.2, help="band half-width B_th (default 0.2)")
+    p.add_argument("--b-th", type=fixed_band, default=0.2, help="band half-width B_th (default 0.2)")
     p.add_argument("--surrogate", choices=tuple(SURROGATES), default="atan",
                    help="surrogate of the hidden layers in all three implementations: atan "
                         "(alpha=2, snnTorch's default; default) or fast_sigmoid (slope=100, "
