@@ -22,7 +22,6 @@ Writes ``<out>.json`` and ``<out>.md``. Example::
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics

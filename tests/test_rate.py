@@ -2,7 +2,6 @@
 (the straight-through form of DESIGN.md §2), against BPTT where the rule is exact, and its
 memory kept for backward against T."""
 
-import math
 
 import pytest
 import torch
