@@ -68,10 +68,11 @@ def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
     for module in model.modules():
         if not isinstance(module, snntorch.SpikingNeuron) or isinstance(module, Leaky):
             continue
+        band = surrogate.band_for(b_th, getattr(module, "output", False))
         if type(module) is snntorch.Leaky:
-            _to_sparse_leaky(module, b_th)
+            _to_sparse_leaky(module, band)
         elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
                 module, "surrogate_disable", False):
-            surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, b_th))
+            surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, band))
     metrics.band_report(model, reset=False)  # names each layer for the empty-band warning
     return model

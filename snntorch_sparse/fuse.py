@@ -5,7 +5,7 @@ from torch import nn
 
 from .leaky import Leaky
 from .spiking_linear import BACKWARDS, SpikingLinear
-from .surrogate import DEFAULT_B_TH
+from .surrogate import DEFAULT_B_TH, band_for
 
 
 class FusedSequential(nn.Module):
@@ -67,7 +67,7 @@ def _spiking_linear(lin, lif, backward):
     layer = SpikingLinear(
         lin.in_features, lin.out_features, beta=lif.beta, threshold=lif.threshold,
         bias=lin.bias is not None, spike_grad=lif.spike_grad,
-        b_th=lif.b_th if isinstance(lif, Leaky) else DEFAULT_B_TH,
+        b_th=lif.b_th if isinstance(lif, Leaky) else band_for(DEFAULT_B_TH, lif.output),
         reset_mechanism=lif.reset_mechanism, learn_beta=learn_beta,
         learn_threshold=learn_threshold, backward=backward,
         graded_spikes_factor=float(lif.graded_spikes_factor),

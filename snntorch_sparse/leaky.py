@@ -71,7 +71,7 @@ class Leaky(snntorch.Leaky):
         *,
         b_th=surrogate.DEFAULT_B_TH,
     ):
-        b_th = surrogate._check_b_th(b_th)
+        b_th = surrogate.band_for(surrogate._check_b_th(b_th), output)
         if surrogate_disable:
             pass  # snnTorch ignores spike_grad then; so do we
         elif spike_grad is None:

@@ -167,6 +167,20 @@ class AdaptiveBand:
 DEFAULT_B_TH = AdaptiveBand(target=0.2, init=0.2, min=0.2)
 
 
+def band_for(b_th, output):
+    """The band a neuron gets from ``b_th``: as given, except that under the default band
+    (:data:`DEFAULT_B_TH`, not chosen by the user) a neuron built with ``output=True`` —
+    the layer the loss reads — keeps the dense surrogate (``None``).
+
+    Why: the loss's gradient enters the network there; a silent output layer (snnTorch's
+    tutorial 6 at initialisation) gets its gradient only from surrogate values far below
+    threshold, which a band cuts off at the source. That layer is a few neurons, so its
+    dense backward costs little; the paper's readout is never banded either. An explicit
+    ``b_th`` is honoured on every layer.
+    """
+    return None if (b_th is DEFAULT_B_TH and output) else b_th
+
+
 def _check_b_th(b_th):
     """``None`` (dense), a positive finite float, ``"auto"`` or an :class:`AdaptiveBand`
     (returned as an ``AdaptiveBand``); anything else is a ValueError."""

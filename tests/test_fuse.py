@@ -85,14 +85,19 @@ def test_snntorch_model_equals_per_step(reset, learn, output):
     assert fused.layers[0].weight is model[1].weight and fused.layers[0].bias is model[1].bias
     if learn:
         assert fused.layers[0].beta is model[2].beta
-    # A stock Leaky gets the default band, as sparsify gives it: the fused model's gradient
-    # is the per-step model's once that one is sparsified too (in place, same Parameters).
-    assert fused.layers[0].b_th == snntorch_sparse.surrogate.DEFAULT_B_TH
+    # A stock Leaky gets the default band, as sparsify gives it (dense for output=True, the
+    # layer the loss reads): the fused model's gradient is the per-step model's once that
+    # one is sparsified too (in place, same Parameters).
+    default = snntorch_sparse.surrogate.DEFAULT_B_TH
+    assert fused.layers[0].b_th == default
+    assert fused.layers[-1].b_th == (None if output else default)
+    assert snntorch_sparse.sparsify(_net(snntorch.Leaky, output=output))[4].b_th == (
+        None if output else default)
     # The default band adapts per call (per step there, per sequence here), so compare
     # both at the paper's fixed band, which is also the default's starting width.
-    layer = fused.layers[0]
-    layer.b_th = 0.2
-    snntorch_sparse.surrogate.assign_spike_grad(layer, layer.spike_grad.with_band(0.2))
+    for layer in fused.layers:
+        layer.b_th = 0.2
+        snntorch_sparse.surrogate.assign_spike_grad(layer, layer.spike_grad.with_band(0.2))
     x = (torch.rand(T, B, 2, 3, 4) < 0.3).float()
     snntorch_sparse.sparsify(model, b_th=0.2)
     _compare(model, fused, x, rtol=1e-4, atol=1e-5)

@@ -35,14 +35,7 @@ def _drop(name, variant):
     return r["loss_start"] - r["loss_end"], r
 
 
-TUTORIAL6_PLATEAU = pytest.mark.xfail(strict=True, reason=(
-    "known limitation (docs/choosing-bth.md): tutorial 6 leaves its initial plateau only "
-    "through the surrogate's tails far below threshold (stock's Adam amplifies them); no "
-    "band narrower than ~2 follows stock in 30 iterations"))
-
-
-@pytest.mark.parametrize("name", ["population", "tutorial7", "tutorial5",
-                                  pytest.param("tutorial6", marks=TUTORIAL6_PLATEAU)])
+@pytest.mark.parametrize("name", ["population", "tutorial7", "tutorial5", "tutorial6"])
 def test_switched_model_learns_like_stock(name):
     stock, _ = _drop(name, "stock")
     switched, r = _drop(name, "switched")
