@@ -1,45 +1,18 @@
 """``SpikingLinear``: a fully connected layer and a Leaky neuron over the whole sequence."""
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
-from . import _fused, _rate, surrogate
-from .reference import NONE, RESETS
+from . import _fused, _rate
+from ._layer import BACKWARDS, SpikingLayer, positive_int
 from .surrogate import DEFAULT_B_TH
 
-BACKWARDS = ("sparse", "dense", "rate")
+__all__ = ["SpikingLinear", "BACKWARDS"]
 
 
-def _surrogate(spike_grad, b_th):
-    """``(shape id, p, b_th or None)`` of the compiled surrogate for a ``spike_grad``."""
-
-    if spike_grad is None:
-        spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
-    sg = surrogate.sparse(spike_grad, b_th)
-    if not isinstance(sg, (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)):
-        raise ValueError(
-            f"spike_grad {spike_grad!r} is not a compiled surrogate shape; SpikingLinear "
-            "supports fast_sigmoid, atan, sigmoid, triangular and straight_through (ours or "
-            "snnTorch's)")
-    return sg
-
-
-def _as_tensor(value, name, n_out, dtype, device):
-    """A scalar or per-neuron ``[n_out]`` float tensor (a copy, never the user's)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=dtype, device=device)
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        if value.numel() == 1 or tuple(value.shape) == (n_out,):
-            return value.detach().clone().to(dtype=dtype, device=device).reshape(
-                value.shape if value.numel() != 1 else ())
-    raise ValueError(f"{name} must be a float or a tensor with 1 or out_features={n_out} "
-                     f"elements, got {value!r}")
-
-
-class SpikingLinear(nn.Module):
+class SpikingLinear(SpikingLayer):
     r"""A fully connected layer feeding Leaky neurons, over the whole sequence at once.
 
     For ``X`` of shape ``[T, B, in_features]``, per neuron and step ``t = 1..T``:
@@ -139,59 +112,15 @@ class SpikingLinear(nn.Module):
                  learn_threshold=False, readout=False, backward="sparse",
                  graded_spikes_factor=1.0, device=None, dtype=None):
         super().__init__()
-        if backward not in BACKWARDS:
-            raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-        if backward == "rate" and (learn_beta or learn_threshold):
-            raise ValueError("backward='rate' defines no gradient for a learnable beta or "
-                             "threshold: use learn_beta=learn_threshold=False, or "
-                             "backward='sparse'/'dense'")
-        if reset_mechanism not in RESETS:
-            raise ValueError(f"reset_mechanism must be one of {RESETS}, got "
-                             f"{reset_mechanism!r}")
-        if readout and learn_threshold:
-            raise ValueError("a readout has an infinite threshold: learn_threshold must be "
-                             "False")
-        for name, n in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         factory = {"device": device, "dtype": dtype}
-        self.in_features = in_features
-        self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
-
-        fdtype = self.weight.dtype
-        beta = _as_tensor(beta, "beta", out_features, fdtype, self.weight.device)
-        threshold = _as_tensor(threshold, "threshold", out_features, fdtype,
-                               self.weight.device)
-        if learn_beta:
-            self.beta = nn.Parameter(beta)
-        else:
-            self.register_buffer("beta", beta)
-        if learn_threshold:
-            self.threshold = nn.Parameter(threshold)
-        else:
-            self.register_buffer("threshold", threshold)
-        self.spike_grad = _surrogate(spike_grad, b_th)
-        self.reset_mechanism = reset_mechanism
-        self.graded_spikes_factor = float(graded_spikes_factor)
-        self.readout = bool(readout)
-        self.backward = backward
-        self._dw_form = None  # tests force "spikes" / "trace"; None chooses per call
-        self._report = {}  # what the last backward did (tests)
-
-    @property
-    def b_th(self):
-        """Band setting of the surrogate (a float, ``None``: dense, or an
-        :class:`~snntorch_sparse.AdaptiveBand`, whose current width is
-        ``spike_grad.b_th``). Setting it re-bands ``spike_grad`` and is validated like the
-        constructor's ``b_th``."""
-        return self.spike_grad.band
-
-    @b_th.setter
-    def b_th(self, value):
-        surrogate.assign_spike_grad(self, self.spike_grad.with_band(value))
+        self._init_neuron(out_features, "out_features", beta, threshold, spike_grad, b_th,
+                          reset_mechanism, learn_beta, learn_threshold, readout, backward,
+                          graded_spikes_factor)
 
     def reset_parameters(self):
         """``nn.Linear``'s default initialisation (Kaiming-uniform weight and bias)."""
@@ -200,65 +129,18 @@ class SpikingLinear(nn.Module):
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def _config(self):
-        sg = self.spike_grad
-        width = sg.b_th  # an adaptive band's current width
-        b_th = math.inf if (width is None or self.backward == "dense") else width
-        nrn = _fused.Neuron(self.graded_spikes_factor,
-                            NONE if self.readout else RESETS.index(self.reset_mechanism),
-                            sg.shape, sg.p, b_th)
-        return _fused.LinearConfig(nrn, sparse=self.backward == "sparse",
-                                   readout=self.readout, dw_form=self._dw_form,
-                                   report=self._report)
-
     def _check(self, x, mem):
-        w = self.weight
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a tensor [T, B, {self.in_features}], got "
-                            f"{type(x).__name__}")
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input must have shape [T, B, in_features={self.in_features}] "
-                             f"(time first), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("input must hold at least one time step, got T = 0")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be floating point (spikes as float), got {x.dtype}")
-        if x.device != w.device:
-            raise RuntimeError(f"input is on {x.device} but the layer's weight is on "
-                               f"{w.device}")
-        if mem is not None:
-            step = (x.shape[1], self.out_features)
-            if not isinstance(mem, torch.Tensor) or tuple(mem.shape) != step:
-                raise ValueError(f"mem must be a tensor of shape [B, out_features] = "
-                                 f"{list(step)}, got "
-                                 f"{tuple(mem.shape) if isinstance(mem, torch.Tensor) else mem!r}")
-            if mem.device != w.device:
-                raise RuntimeError(f"mem is on {mem.device} but the layer's weight is on "
-                                   f"{w.device}")
+        self._check_sequence(x, lambda x: x.dim() == 3 and x.shape[-1] == self.in_features,
+                             f"[T, B, in_features={self.in_features}]")
+        self._check_mem(mem, (x.shape[1], self.out_features), "[B, out_features]")
 
-    def _run(self, x, mem):
-        """``(output, membrane)`` over the sequence; the output is the spikes (membrane
-        for a readout)."""
-        self._check(x, mem)
-        cfg = self._config()
-        if self.backward == "rate":
-            return _rate.rate_spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
-                                             self.threshold, mem, cfg.neuron, self.readout)
-        out = _fused.spiking_linear(x, self.weight, self.bias, self.beta.clamp(0, 1),
-                                    self.threshold, mem, cfg)
-        if (cfg.neuron.banded and not self.readout and getattr(self.spike_grad, "training", True)
-                and out[0].requires_grad and not torch.compiler.is_compiling()):
-            self.spike_grad.observe(self._report["in_band"], out[0].numel())
-        return out
+    def _forward_fused(self, x, beta, theta, mem, cfg):
+        return _fused.spiking_linear(x, self.weight, self.bias, beta, theta, mem, cfg)
 
-    def forward(self, x, mem=None):
-        """``x [T, B, in]`` → spikes ``[T, B, out]`` (readout: membrane ``[T, B, out]``).
-
-        ``mem`` is the initial membrane ``[B, out]`` (default zeros).
-        """
-        return self._run(x, mem)[0]
+    def _forward_rate(self, x, beta, theta, mem, cfg):
+        return _rate.rate_spiking_linear(x, self.weight, self.bias, beta, theta, mem,
+                                         cfg.neuron, self.readout)
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
-                f"spike_grad={self.spike_grad!r}, reset_mechanism={self.reset_mechanism!r}, "
-                f"readout={self.readout}, backward={self.backward!r}")
+                + self._neuron_repr())
