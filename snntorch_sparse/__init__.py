@@ -2,7 +2,8 @@
 
 One-import switch: ``import snntorch_sparse as snn`` gives the sparse :class:`Leaky`,
 our :mod:`surrogate` (a superset of ``snntorch.surrogate``), :func:`sparsify`, the fused
-whole-sequence layer :class:`SpikingLinear` and :func:`fuse`; every other name
+whole-sequence layers :class:`SpikingLinear` and :class:`SpikingConv2d`, and :func:`fuse`;
+every other name
 (``snn.Synaptic``, ``snn.utils``, ``snn.functional``, ``snn.spikegen``, ``snn.backprop``,
 ...) is snnTorch's own.
 
@@ -29,10 +30,12 @@ from . import surrogate  # noqa: E402
 from .convert import sparsify  # noqa: E402
 from .fuse import fuse  # noqa: E402
 from .leaky import Leaky  # noqa: E402
+from .spiking_conv import SpikingConv2d  # noqa: E402
 from .spiking_linear import SpikingLinear  # noqa: E402
 from .surrogate import AdaptiveBand  # noqa: E402
 
-__all__ = ["AdaptiveBand", "Leaky", "SpikingLinear", "fuse", "sparsify", "surrogate"]
+__all__ = ["AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear", "fuse", "sparsify",
+           "surrogate"]
 
 
 def __getattr__(name):

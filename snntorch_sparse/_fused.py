@@ -378,15 +378,15 @@ class LinearConfig:
     report: Optional[dict] = None
 
 
-def compact_input(x2d):
+def compact_input(x2d, max_density=COMPACT_INPUT_MAX_DENSITY):
     """The nonzeros of ``x2d [R, n_in]`` by column, or None when they are too many.
 
     Returns ``(colptr int64 [n_in+1], rows int32 [nnz], xvals)``: column ``i`` owns
     ``rows[colptr[i]:colptr[i+1]]`` (ascending); ``xvals`` holds the values, or is empty
-    when every nonzero equals 1 (spikes). None when ``nnz > COMPACT_INPUT_MAX_DENSITY·numel``.
+    when every nonzero equals 1 (spikes). None when ``nnz > max_density·numel``.
     """
     # One compiled op (reference.nonzero_csc); its host sync reads nnz and the 0/1 flag.
-    colptr, rows, xvals = ops.nonzero_csc(x2d, COMPACT_INPUT_MAX_DENSITY)
+    colptr, rows, xvals = ops.nonzero_csc(x2d, max_density)
     if colptr.numel() == 0:  # too dense (a kept input always has n_in + 1 >= 1 pointers)
         return None
     return colptr, rows, xvals

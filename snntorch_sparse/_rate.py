@@ -30,6 +30,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn import grad as nn_grad
 
 from ._fused import _empty_bits, _needs_rbits, _neuron_forward, _per_element, _reset_bits
 from ._ops import compute_dtype, first_order_only, ops
@@ -62,16 +63,41 @@ def _readout_kappa(beta_out, T, dtype):
     return ops.lif_fwd(ones, torch.zeros_like(never), beta_out, never, NONE)
 
 
+def _currents(x, weight, bias, geo):
+    """``(I [T, M], one step's shape)``: ``X·Wᵀ + b`` (``geo`` None), ``conv2d(X, W) + b``
+    (``geo`` a ``_conv.ConvGeometry``) over all ``T·B`` samples, or ``X`` itself (no
+    weight)."""
+    T, B = x.shape[:2]
+    if weight is None:
+        return x.reshape(T, -1), x.shape[1:]
+    if geo is None:
+        cur = F.linear(x.reshape(T * B, -1), weight, bias)
+    else:
+        cur = F.conv2d(x.flatten(0, 1), weight, bias, *geo.args())
+    return cur.view(T, -1), (B, *cur.shape[1:])
+
+
+def _weight_grads(delta, xbar, weight, w_shape, x_step, T, geo, need):
+    """``(∂X[t] for one t, ∂W, ∂b)`` of the currents from ``δ`` (one step's shape) and the
+    input rate ``x̄``: the transpose, weight gradient and bias gradient of the currents."""
+    need_x, need_w, need_b = need
+    if geo is None:
+        d2 = delta.reshape(-1, delta.shape[-1])  # [B, n_out]
+        return (d2 @ weight / T if need_x else None, d2.t() @ xbar if need_w else None,
+                d2.sum(0) if need_b else None)
+    return (nn_grad.conv2d_input(x_step, weight, delta, *geo.args()) / T if need_x else None,
+            nn_grad.conv2d_weight(xbar, w_shape, delta, *geo.args()) if need_w else None,
+            delta.sum((0, 2, 3)) if need_b else None)
+
+
 class _RateLayer(torch.autograd.Function):
-    """``I = X·Wᵀ + b`` (or ``I = X`` when ``weight`` is None) then a LIF layer, with the
+    """Currents (``_currents``: Linear, convolution or none) then a LIF layer, with the
     rate-based backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, beta, theta, mem0, nrn, readout, track):
-        T, B = x.shape[:2]
-        step = x.shape[1:] if weight is None else (B, weight.shape[0])
-        cur = (x.reshape(T, -1) if weight is None
-               else F.linear(x.reshape(T * B, -1), weight, bias).view(T, -1))
+    def forward(ctx, x, weight, bias, beta, theta, mem0, nrn, readout, geo, track):
+        T = x.shape[0]
+        cur, step = _currents(x, weight, bias, geo)
         dt = cur.dtype
         betaf = _per_element(beta, step, dt, "beta")
         thetaf = _per_element(theta, step, dt, "threshold")
@@ -85,9 +111,10 @@ class _RateLayer(torch.autograd.Function):
                 if keep and not readout else None)
         xbar = x.mean(0) if need_w else None
         ctx.save_for_backward(xbar, weight if (need_x and weight is not None) else None,
-                              elig, beta if readout else None)
-        ctx.dims = (T, step, readout, weight is not None)
-        ctx.n_in = x.shape[-1]
+                              elig, betaf if readout else None)
+        ctx.dims = (T, step, readout, weight is not None, geo)
+        ctx.x_step = x.shape[1:]
+        ctx.w_shape = None if weight is None else weight.shape
         ctx.set_materialize_grads(False)
         if readout:
             spk = cur.new_empty(0)
@@ -97,50 +124,54 @@ class _RateLayer(torch.autograd.Function):
     @staticmethod
     @first_order_only("backward='rate'")
     def backward(ctx, grad_spk, grad_mem):
-        xbar, weight, elig, beta = ctx.saved_tensors
-        T, step, readout, linear = ctx.dims
+        xbar, weight, elig, betaf = ctx.saved_tensors
+        T, step, readout, has_weight, geo = ctx.dims
+        none = (None,) * 10
         if readout:
             if grad_mem is None:
-                return (None,) * 9
-            n_out = step[-1]
-            kappa = _readout_kappa(beta.detach().to(grad_mem.dtype).expand(n_out).contiguous(),
-                                   T, grad_mem.dtype)
-            delta = torch.einsum("tbn,tn->bn", grad_mem.reshape(T, -1, n_out), kappa)
+                return none
+            B = step[0]
+            kappa = _readout_kappa(betaf.view(B, -1)[0].to(grad_mem.dtype).contiguous(), T,
+                                   grad_mem.dtype)
+            delta = torch.einsum("tbm,tm->bm", grad_mem.reshape(T, B, -1), kappa).view(step)
         else:
             if grad_mem is not None:
                 raise RuntimeError(
                     "backward='rate' defines no gradient through a hidden layer's membrane "
                     "output; put the loss on the spikes, or use readout=True / another backward")
             if grad_spk is None:
-                return (None,) * 9
+                return none
             delta = (elig * grad_spk.reshape(T, -1).sum(0)).view(step)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if not linear:  # a bare LIF layer: X is the current
-            d_x = (delta / T).unsqueeze(0).expand(T, *step) if need_x else None
-            return d_x, None, None, None, None, None, None, None, None
-        d2 = delta.reshape(-1, delta.shape[-1])  # [B, n_out]
-        xbar_shape = (d2.shape[0], ctx.n_in)
-        d_x = (d2 @ weight / T).unsqueeze(0).expand(T, *xbar_shape) if need_x else None
-        d_w = d2.t() @ xbar if need_w else None
-        d_b = d2.sum(0) if need_b else None
-        return d_x, d_w, d_b, None, None, None, None, None, None
+        need = ctx.needs_input_grad[:3]
+        if not has_weight:  # a bare LIF layer: X is the current
+            d_x = (delta / T).unsqueeze(0).expand(T, *step) if need[0] else None
+            return (d_x,) + none[1:]
+        d_x1, d_w, d_b = _weight_grads(delta, xbar, weight, ctx.w_shape, ctx.x_step, T, geo,
+                                      need)
+        d_x = d_x1.unsqueeze(0).expand(T, *d_x1.shape) if need[0] else None
+        return d_x, d_w, d_b, None, None, None, None, None, None, None
 
 
-def rate_spiking_linear(x, weight, bias, beta, theta, mem0, nrn, readout):
-    """``(out, mem)`` of a ``SpikingLinear`` with the rate backward; ``out`` is the spikes
-    ``[T, B, n_out]`` (the membrane for a readout). ``beta`` clamped by the caller."""
-    _check_fixed(beta, theta, mem0, "SpikingLinear")
+def rate_spiking_layer(x, weight, bias, beta, theta, mem0, nrn, readout, geo=None,
+                       where="SpikingLinear"):
+    """``(out, mem)`` of a fused layer with the rate backward: ``out`` is the spikes
+    ``[T, B, ...]`` (the membrane for a readout); the currents are a Linear (``geo`` None)
+    or a convolution (``geo``). ``beta``/``theta`` clamped and shaped by the caller."""
+    _check_fixed(beta, theta, mem0, where)
     work = compute_dtype(x)
     if work != x.dtype:  # float16/bfloat16 on the CPU: computed in float32 (as _fused)
         cast = lambda t: None if t is None else t.to(work)  # noqa: E731
-        out, mem = rate_spiking_linear(x.to(work), weight.to(work), cast(bias), beta, theta,
-                                       cast(mem0), nrn, readout)
+        out, mem = rate_spiking_layer(x.to(work), weight.to(work), cast(bias), beta, theta,
+                                      cast(mem0), nrn, readout, geo, where)
         return out.to(x.dtype), mem.to(x.dtype)
     if readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
-    spk, mem = _RateLayer.apply(x, weight, bias, beta, theta, mem0, nrn, readout,
+    spk, mem = _RateLayer.apply(x, weight, bias, beta, theta, mem0, nrn, readout, geo,
                                 torch.is_grad_enabled())
-    mem = mem.view(*x.shape[:2], -1)
+    B = x.shape[1]
+    step = ((B, weight.shape[0]) if geo is None
+            else (B, weight.shape[0], *geo.out_size(x.shape[-2:], weight.shape[-2:])))
+    mem = mem.view(x.shape[0], *step)
     return (mem, mem) if readout else (spk.view(mem.shape), mem)
 
 
@@ -148,7 +179,7 @@ def rate_lif_sequence(cur, mem0, beta, theta, nrn):
     """``(spk, mem)`` ``[T, ...]`` of a Leaky layer over ``cur [T, ...]`` with the rate
     backward: ``∂L/∂I[t] = e ⊙ Σ_s ∂L/∂S[s] / T``. ``beta`` clamped by the caller."""
     _check_fixed(beta, theta, mem0, "Leaky.forward_sequence")
-    spk, mem = _RateLayer.apply(cur, None, None, beta, theta, mem0, nrn, False,
+    spk, mem = _RateLayer.apply(cur, None, None, beta, theta, mem0, nrn, False, None,
                                 torch.is_grad_enabled())
     return spk.view(cur.shape), mem.view(cur.shape)
 

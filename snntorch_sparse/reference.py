@@ -291,6 +291,18 @@ def lif_sequence(cur, mem0, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN, 
     return torch.stack(spks), torch.stack(mems)
 
 
+def _neuron_layer(cur, mem0, beta, theta, gamma, reset, shape, p, b_th, readout):
+    """The neuron part of a fused layer: spikes, or the membrane of a readout."""
+    if mem0 is None:
+        mem0 = torch.zeros_like(cur[0])
+    if readout:  # never fires, so never resets
+        _, mem = lif_sequence(cur, mem0, beta, torch.full_like(cur[0], math.inf), gamma,
+                              NONE, shape, p, b_th)
+        return mem
+    spk, _ = lif_sequence(cur, mem0, beta, theta, gamma, reset, shape, p, b_th)
+    return spk
+
+
 def spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN,
                    p=2.0, b_th=0.2, readout=False, mem0=None):
     """``SpikingLinear`` by plain autograd: ``I[t] = X[t]·Wᵀ + b`` then :func:`lif_sequence`.
@@ -300,14 +312,23 @@ def spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT, shap
     cur = x @ weight.t()
     if bias is not None:
         cur = cur + bias
-    if mem0 is None:
-        mem0 = torch.zeros_like(cur[0])
-    if readout:  # never fires, so never resets
-        _, mem = lif_sequence(cur, mem0, beta, torch.full_like(cur[0], math.inf), gamma,
-                              NONE, shape, p, b_th)
-        return mem
-    spk, _ = lif_sequence(cur, mem0, beta, theta, gamma, reset, shape, p, b_th)
-    return spk
+    return _neuron_layer(cur, mem0, beta, theta, gamma, reset, shape, p, b_th, readout)
+
+
+def spiking_conv2d(x, weight, bias, beta, theta, stride=1, padding=0, dilation=1, groups=1,
+                   gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0, b_th=0.2, readout=False,
+                   mem0=None):
+    """``SpikingConv2d`` by plain autograd: ``I[t] = conv2d(X[t], W) + b`` (all ``T·B``
+    images at once) then :func:`lif_sequence`. ``x [T, B, C_in, H, W]``; a per-channel
+    ``beta``/``theta`` is ``[C_out]``.
+    """
+    T, B = x.shape[:2]
+    cur = torch.nn.functional.conv2d(x.flatten(0, 1), weight, bias, stride, padding, dilation,
+                                     groups)
+    cur = cur.view(T, B, *cur.shape[1:])
+    per_channel = lambda v: v.view(-1, 1, 1) if v.dim() == 1 else v  # noqa: E731
+    return _neuron_layer(cur, mem0, per_channel(beta), per_channel(theta), gamma, reset, shape,
+                         p, b_th, readout)
 
 
 def rate_eligibility(mem, mem0, beta, theta, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0,
@@ -347,8 +368,29 @@ def rate_spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT,
     (readout ``Σ_t κ[t]·G[t]``), ``∂W = δᵀx̄``, ``∂b = Σ_b δ``, ``∂X[t] = δW/T``.
     Pass ``x = cur`` and ``weight = None`` for a bare Leaky layer (``c = x̄``).
     """
+    def currents(v):
+        return v if weight is None else v @ weight.t() + (0 if bias is None else bias)
+    return _rate_layer(x, currents, beta, theta, gamma, reset, shape, p, b_th, readout, mem0)
+
+
+def rate_spiking_conv2d(x, weight, bias, beta, theta, stride=1, padding=0, dilation=1,
+                        groups=1, gamma=1.0, reset=SUBTRACT, shape=ATAN, p=2.0, b_th=0.2,
+                        readout=False, mem0=None):
+    """``SpikingConv2d(backward="rate")`` by plain autograd: :func:`rate_spiking_linear`'s
+    straight-through form with ``c = conv2d(x̄, W) + b``. A per-channel ``beta``/``theta``
+    is ``[C_out]``."""
+    def currents(v):  # [..., C, H, W] with any leading dims
+        out = torch.nn.functional.conv2d(v.flatten(0, -4), weight, bias, stride, padding,
+                                         dilation, groups)
+        return out.view(*v.shape[:-3], *out.shape[1:])
+    per_channel = lambda v: v.view(-1, 1, 1) if v.dim() == 1 else v  # noqa: E731
+    return _rate_layer(x, currents, per_channel(beta), per_channel(theta), gamma, reset,
+                       shape, p, b_th, readout, mem0)
+
+
+def _rate_layer(x, currents, beta, theta, gamma, reset, shape, p, b_th, readout, mem0):
     with torch.no_grad():
-        cur = x if weight is None else x @ weight.t() + (0 if bias is None else bias)
+        cur = currents(x)
         m0 = torch.zeros_like(cur[0]) if mem0 is None else mem0.expand_as(cur[0])
         if readout:
             _, mem = lif_sequence(cur, m0, beta, torch.full_like(cur[0], math.inf), gamma,
@@ -357,9 +399,7 @@ def rate_spiking_linear(x, weight, bias, beta, theta, gamma=1.0, reset=SUBTRACT,
             out, mem = lif_sequence(cur, m0, beta, theta, gamma, reset, shape, p, b_th)
         kappa, e = rate_eligibility(mem, m0, beta, theta if not readout else math.inf,
                                     gamma, reset if not readout else NONE, shape, p, b_th)
-    c = x.mean(0) if weight is None else x.mean(0) @ weight.t()
-    if bias is not None and weight is not None:
-        c = c + bias
+    c = currents(x.mean(0, keepdim=True))[0]
     if readout:
         return mem + (c * kappa - (c * kappa).detach())
     return out + (c * e - (c * e).detach())

@@ -138,8 +138,8 @@ class SpikingLinear(SpikingLayer):
         return _fused.spiking_linear(x, self.weight, self.bias, beta, theta, mem, cfg)
 
     def _forward_rate(self, x, beta, theta, mem, cfg):
-        return _rate.rate_spiking_linear(x, self.weight, self.bias, beta, theta, mem,
-                                         cfg.neuron, self.readout)
+        return _rate.rate_spiking_layer(x, self.weight, self.bias, beta, theta, mem,
+                                        cfg.neuron, self.readout)
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "

@@ -1,0 +1,122 @@
+r"""Convolution currents with the sparse backward (DESIGN.md §2, "Convolution").
+
+The currents of a ``SpikingConv2d`` are ``I = conv2d(X, W) + b`` over all ``R = T·B``
+images at once (one library convolution, time folded into the batch). The neuron scan
+after it is ``_fused.lif_sequence``, so of the neuron only its band is kept; of the
+convolution :class:`_ConvCurrents` keeps:
+
+* the input in compact form (CSC over ``[R, C_in·H·W]``, see ``_fused.compact_input``)
+  when at most :data:`COMPACT_INPUT_MAX_DENSITY` of it is nonzero — spikes —, else as is;
+* the weight, only when the input gradient is needed.
+
+Backward, with ``Δ = ∂L/∂I`` from the neuron scan:
+
+.. math::
+
+    ∂W[o,i,k_y,k_x] = \sum_{r,y,x} Δ[r,o,y,x]\,X[r,i,ys+k_yd-p,\,xs+k_xd-p]
+
+over the input's nonzeros (``ops.conv_dw_spikes``, ≈ ``nnz(X)·C_out·K²/groups``
+multiply-adds) when the input was kept compact, else the library's dense weight
+gradient; and ``∂X = \mathrm{conv\_transpose}(Δ, W)`` only where the upstream layer's
+band is set (``ops.conv_dx_masked``, ≈ ``nnz(band)·C_out·K²/groups``) when the input is
+the band-tagged spike output of one of our layers — the upstream multiplies it by its
+surrogate, which is 0 outside its band (paper eq. 12) — else the dense transpose.
+
+Not done (left for later): the trace form of ∂W, which would exploit the *output* band
+(it needs the neuron's ε inside this node); so ∂W is sparse only in the input spikes.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn import grad as nn_grad
+
+from ._fused import _needs, band_of, compact_input
+from ._ops import first_order_only, ops
+
+#: An input whose share of nonzeros is at most this is kept compact and its ∂W is formed
+#: over the nonzeros; a denser one goes to the library's dense convolution gradient.
+COMPACT_INPUT_MAX_DENSITY = 0.25
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """``stride``, ``padding``, ``dilation`` (pairs) and ``groups`` of a 2-D convolution."""
+
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+    def args(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def out_size(self, in_hw, kernel):
+        """``(Ho, Wo)`` of an ``in_hw`` image under a ``kernel``-sized filter."""
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                     zip(in_hw, kernel, self.stride, self.padding, self.dilation))
+
+
+class _ConvCurrents(torch.autograd.Function):
+    """``conv2d(x, W) + b`` with the sparse backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, up_bits, geo, sparse, report, track):
+        cur = F.conv2d(x, weight, bias, *geo.args())
+        need_x, need_w = _needs(ctx, track)[:2]
+        ctx.x_compact = False
+        saved_x = (None, None, None, None)
+        if need_w:
+            # A traced graph keeps the input dense (compaction has a data-dependent size).
+            csc = (compact_input(x.reshape(x.shape[0], -1), COMPACT_INPUT_MAX_DENSITY)
+                   if sparse and not torch.compiler.is_compiling() else None)
+            ctx.x_compact = csc is not None
+            saved_x = (None,) + csc if ctx.x_compact else (x, None, None, None)
+        ctx.save_for_backward(*saved_x, weight if need_x else None,
+                              up_bits if (need_x and sparse) else None)
+        ctx.geo = geo
+        ctx.x_shape = x.shape
+        ctx.w_shape = weight.shape
+        ctx.report = report
+        ctx.set_materialize_grads(False)
+        return cur
+
+    @staticmethod
+    @first_order_only("SpikingConv2d")
+    def backward(ctx, grad):
+        x, colptr, rows, xvals, weight, up_bits = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 8
+        grad = grad.contiguous()
+        geo = ctx.geo
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        in_shape = list(ctx.x_shape[1:])
+        d_x = d_w = None
+        if need_x:
+            if up_bits is not None:
+                d_x = ops.conv_dx_masked(grad, weight, up_bits, in_shape, *geo.args())
+            else:
+                d_x = nn_grad.conv2d_input(ctx.x_shape, weight, grad, *geo.args())
+        if need_w:
+            if ctx.x_compact:
+                d_w = ops.conv_dw_spikes(grad, colptr, rows, xvals, in_shape,
+                                         list(ctx.w_shape[2:]), *geo.args())
+            else:
+                d_w = nn_grad.conv2d_weight(x, ctx.w_shape, grad, *geo.args())
+        if ctx.report is not None and not torch.compiler.is_compiling():
+            if need_w:
+                ctx.report["dw"] = "spikes" if ctx.x_compact else "dense"
+            if need_x:
+                ctx.report["dx_masked"] = up_bits is not None
+        d_b = grad.sum((0, 2, 3)) if need_b else None
+        return d_x, d_w, d_b, None, None, None, None, None
+
+
+def conv_currents(x, weight, bias, geo, sparse, report=None):
+    """``conv2d(X[t], W) + b`` of ``x [T, B, C_in, H, W]`` as ``[T·B, C_out, Ho, Wo]`` (one
+    convolution, time folded into the batch), with the sparse backward when ``sparse``;
+    ``x``'s band tag, if any, limits its gradient."""
+    up_bits = band_of(x) if sparse else None
+    return _ConvCurrents.apply(x.flatten(0, 1), weight, bias, up_bits, geo, sparse, report,
+                               torch.is_grad_enabled())
