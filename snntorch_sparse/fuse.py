@@ -1,162 +1,348 @@
-"""``fuse``: turn a per-step ``nn.Sequential`` of Linear + Leaky into whole-sequence layers."""
+"""``fuse``: turn a per-step feed-forward ``nn.Sequential`` into whole-sequence stages.
+
+A per-step snnTorch model is called once per time step on ``[B, ...]``; its fused form is
+called once on ``[T, B, ...]``. Each module becomes one *stage*:
+
+* a stateless module (Linear, convolution, pooling, Dropout, Flatten, ...) runs once on
+  all ``T·B`` samples (time folded into the batch) — the same values as ``T`` calls;
+* BatchNorm normalises each step by its own batch statistics, as ``T`` calls do;
+* a neuron right after an ``nn.Linear`` / ``nn.Conv2d`` becomes, with it, one fused
+  :class:`SpikingLinear` / :class:`SpikingConv2d` (sparse weight and input gradients);
+* any other neuron runs its whole-sequence form (``forward_sequence``).
+"""
+
+import copy
 
 import snntorch
+import torch
 from torch import nn
 
+from . import _fused
+from ._layer import BACKWARDS
+from .convert import _to_sparse_leaky
 from .leaky import Leaky
-from .spiking_linear import BACKWARDS, SpikingLinear
+from .spiking_conv import SpikingConv2d
+from .spiking_linear import SpikingLinear
 from .surrogate import DEFAULT_B_TH, band_for
+
+#: Modules that act on each sample on its own, so one call on ``[T·B, ...]`` equals ``T``
+#: calls on ``[B, ...]``; the element-wise ones keep an upstream band tag (see
+#: :class:`_Folded`).
+_ELEMENTWISE = (nn.Identity, nn.Dropout, nn.Flatten, nn.Unflatten)
+_PER_SAMPLE = _ELEMENTWISE + (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Dropout1d, nn.Dropout2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class _Folded(nn.Module):
+    """A per-sample module on ``[T, B, ...]``: one call on the ``T·B`` samples.
+
+    An element-wise, order-preserving module (Flatten, Dropout, ...) passes the band tag
+    of its input on: each output element's gradient reaches only its own input element,
+    whose gradient the upstream needs only inside its band.
+    """
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.keeps_band = isinstance(module, _ELEMENTWISE)
+
+    def forward(self, x):
+        out = self.module(x.flatten(0, 1))
+        out = out.unflatten(0, x.shape[:2])
+        bits = _fused.band_of(x) if self.keeps_band else None
+        return out if bits is None or out.numel() != x.numel() else _fused.tag_band(out, bits)
+
+
+class _SequenceBatchNorm(nn.Module):
+    """BatchNorm over ``[T, B, C, ...]`` with each step's own batch statistics.
+
+    In training (or without running statistics) step ``t`` is normalised by the mean and
+    biased variance of ``x[t]`` over the batch (and length/pixels), and the running
+    statistics are updated ``T`` times in order — exactly ``T`` per-step calls. All steps
+    go through one ``batch_norm`` call, with ``(t, c)`` as its channels. In eval mode the
+    running statistics normalise every sample: one call on the ``T·B`` samples.
+    """
+
+    def __init__(self, bn):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x):
+        bn = self.bn
+        if not (bn.training or bn.running_mean is None):
+            return bn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        T, B, C = x.shape[:3]
+        if x.shape[2:].numel() == C and B == 1:
+            raise ValueError("Expected more than 1 value per channel when training, got "
+                             f"input size {list(x.shape[1:])}")
+        per_tc = x.transpose(0, 1).reshape(B, T * C, *x.shape[3:])
+        rep = (lambda p: None if p is None else p.repeat(T))  # noqa: E731
+        out = torch.nn.functional.batch_norm(per_tc, None, None, rep(bn.weight), rep(bn.bias),
+                                             True, 0.0, bn.eps)
+        if bn.training and bn.track_running_stats:
+            self._update_running(x)
+        return out.view(B, T, *x.shape[2:]).transpose(0, 1)
+
+    @torch.no_grad()
+    def _update_running(self, x):
+        bn = self.bn
+        dims = [1] + list(range(3, x.dim()))
+        n = x[0].numel() // x.shape[2]
+        mean = x.mean(dims)
+        var = x.var(dims, correction=0) * (n / max(n - 1, 1))
+        for t in range(x.shape[0]):  # T tiny updates, in the per-step order
+            bn.num_batches_tracked += 1
+            f = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum)
+            bn.running_mean.mul_(1 - f).add_(mean[t].to(bn.running_mean.dtype), alpha=f)
+            bn.running_var.mul_(1 - f).add_(var[t].to(bn.running_var.dtype), alpha=f)
+
+
+class _NeuronSequence(nn.Module):
+    """A neuron's whole-sequence form, from zero state (``forward_sequence``)."""
+
+    def __init__(self, neuron, backward, output):
+        super().__init__()
+        self.neuron = neuron
+        self.backward = backward
+        self.output = output
+
+    def forward(self, x):
+        spk, mem = self.neuron.forward_sequence(x, torch.zeros_like(x[0]),
+                                                backward=self.backward)
+        return (spk, mem) if self.output else spk
 
 
 class FusedSequential(nn.Module):
     """The result of :func:`fuse`: ``[T, B, ...]`` in, what the per-step loop stacks out.
 
-    ``layers`` are :class:`SpikingLinear` (one per Linear + Leaky pair) and plain
-    ``nn.Linear`` (a Linear with no Leaky after it, applied to all steps at once).
-    ``flatten`` is ``(start_dim, end_dim)`` of a leading ``nn.Flatten`` in per-step terms.
-    ``output``: the last Leaky had ``output=True``, so ``(spk, mem)`` is returned.
+    ``layers`` are the stages in order: :class:`SpikingLinear` / :class:`SpikingConv2d`
+    (a Linear/Conv2d and the neuron after it), a plain ``nn.Linear`` (applies to
+    ``[T, B, ...]`` as is), per-sample modules folded over time, sequence BatchNorms and
+    neuron sequences. ``output``: the last neuron had ``output=True``, so
+    ``(spk, mem)`` is returned.
     """
 
-    def __init__(self, layers, flatten=None, output=False):
+    def __init__(self, layers, output=False):
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.flatten = flatten
         self.output = output
 
     def forward(self, x):
-        """``x [T, B, ...]`` → spikes ``[T, B, out]`` (or ``(spk, mem)``, see ``output``).
+        """``x [T, B, ...]`` → spikes ``[T, B, ...]`` (or ``(spk, mem)``, see ``output``).
 
         Starts from zero membranes, like the per-step model after ``utils.reset``.
         """
-        if self.flatten is not None:  # per-step dims shift by one for the time axis
-            start, end = (d + 1 if d >= 0 else d for d in self.flatten)
-            x = x.flatten(start, end)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if i == last and self.output:
+            if i == last and self.output and isinstance(layer, (SpikingLinear, SpikingConv2d)):
                 return layer._run(x, None)
             x = layer(x)
         return x
 
 
 def _unsupported(i, layer, why):
-    return ValueError(f"fuse: layer {i} ({layer!r}) is not supported: {why}")
+    name = repr(layer) if "\n" not in repr(layer) else type(layer).__name__
+    return ValueError(f"fuse: layer {i} ({name}) is not supported: {why}")
 
 
-def _check_leaky(i, lif, last):
-    if not lif.init_hidden:
-        raise _unsupported(i, lif, "a Leaky inside nn.Sequential needs init_hidden=True")
-    if lif.output and not last:
-        raise _unsupported(i, lif, "output=True is only allowed on the last Leaky")
-    checks = (
-        (lif.inhibition, "inhibition"),
-        (lif.state_quant, "state_quant"),
-        (lif.surrogate_disable, "surrogate_disable"),
-        (isinstance(lif.graded_spikes_factor, nn.Parameter), "learn_graded_spikes_factor"),
-        (not lif.reset_delay and lif.reset_mechanism != "none", "reset_delay=False"),
-    )
-    for bad, name in checks:
-        if bad:
-            raise _unsupported(i, lif, f"{name} has no fused form")
+def _check_neuron(i, neuron, last):
+    if not neuron.init_hidden:
+        raise _unsupported(i, neuron, "a neuron inside nn.Sequential needs init_hidden=True")
+    if neuron.output and not last:
+        raise _unsupported(i, neuron, "output=True is only allowed on the last neuron")
 
 
-def _spiking_linear(lin, lif, backward):
-    """A SpikingLinear with ``lin``'s Parameters (shared) and ``lif``'s neuron."""
+def _pair_fusable(lif):
+    """Whether ``lif``'s options have the fused Linear/Conv2d + neuron form."""
+    return not (lif.inhibition or lif.state_quant or lif.surrogate_disable
+                or isinstance(lif.graded_spikes_factor, nn.Parameter)
+                or (not lif.reset_delay and lif.reset_mechanism != "none"))
+
+
+def _band(lif):
+    return lif.b_th if isinstance(lif, Leaky) else band_for(DEFAULT_B_TH, lif.output)
+
+
+def _fused_pair(weighted, lif, backward):
+    """A SpikingLinear / SpikingConv2d with ``weighted``'s Parameters (shared) and
+    ``lif``'s neuron, or None when the pair has no fused form (then each runs on its own).
+    """
+    if not _pair_fusable(lif):
+        return None
+    kind = type(weighted)
+    if kind is nn.Linear:
+        cls, args, n = SpikingLinear, (weighted.in_features, weighted.out_features), \
+            weighted.out_features
+        extra = {}
+    elif kind is nn.Conv2d and weighted.padding_mode == "zeros":
+        cls, n = SpikingConv2d, weighted.out_channels
+        args = (weighted.in_channels, n, weighted.kernel_size)
+        extra = {"stride": weighted.stride, "padding": weighted.padding,
+                 "dilation": weighted.dilation, "groups": weighted.groups}
+    else:
+        return None
+    # One β/θ for the layer, or one per feature / channel ([C, 1, 1] per step).
+    per_neuron = (n,) if cls is SpikingLinear else (n, 1, 1)
+    for t in (lif.beta, lif.threshold):
+        if t.numel() != 1 and tuple(t.shape) != per_neuron:
+            return None
     learn_beta = isinstance(lif.beta, nn.Parameter)
     learn_threshold = isinstance(lif.threshold, nn.Parameter)
-    layer = SpikingLinear(
-        lin.in_features, lin.out_features, beta=lif.beta, threshold=lif.threshold,
-        bias=lin.bias is not None, spike_grad=lif.spike_grad,
-        b_th=lif.b_th if isinstance(lif, Leaky) else band_for(DEFAULT_B_TH, lif.output),
-        reset_mechanism=lif.reset_mechanism, learn_beta=learn_beta,
-        learn_threshold=learn_threshold, backward=backward,
-        graded_spikes_factor=float(lif.graded_spikes_factor),
-        device="meta",  # every tensor is replaced below; no init, no RNG draw
-    )
-    layer.weight = lin.weight
-    layer.bias = lin.bias
-    dev, dt = lin.weight.device, lin.weight.dtype
+    try:
+        layer = cls(*args, **extra, beta=lif.beta.detach().reshape(-1),
+                    threshold=lif.threshold.detach().reshape(-1),
+                    bias=weighted.bias is not None, spike_grad=lif.spike_grad, b_th=_band(lif),
+                    reset_mechanism=lif.reset_mechanism, learn_beta=learn_beta,
+                    learn_threshold=learn_threshold, backward=backward,
+                    graded_spikes_factor=float(lif.graded_spikes_factor),
+                    device="meta")  # every tensor is replaced below; no init, no RNG draw
+    except ValueError:  # e.g. a surrogate with no compiled form: the neuron runs alone
+        return None
+    layer.weight = weighted.weight
+    layer.bias = weighted.bias
+    dev, dt = weighted.weight.device, weighted.weight.dtype
     for name, learn in (("beta", learn_beta), ("threshold", learn_threshold)):
         value = getattr(lif, name)
+        # A learnable β/θ is the neuron's own Parameter, viewed per neuron in the layer.
         setattr(layer, name, value if learn else
                 value.detach().clone().to(device=dev, dtype=dt).reshape(
                     getattr(layer, name).shape))
     return layer
 
 
-def fuse(model, backward="sparse"):
-    """Fuse an ``nn.Sequential`` of ``nn.Linear`` and ``snntorch.Leaky(init_hidden=True)``
-    layers into whole-sequence :class:`SpikingLinear` layers.
+def _sparse_neuron(lif):
+    """Our Leaky for ``lif``: itself, or a stock Leaky's copy with the default band that
+    shares its Parameters and buffers (the model is not modified)."""
+    if isinstance(lif, Leaky):
+        return lif
+    twin = copy.copy(lif)
+    for attr in ("_parameters", "_buffers", "_modules"):
+        setattr(twin, attr, dict(getattr(lif, attr)))
+    return _to_sparse_leaky(twin, _band(lif))
 
-    The snnTorch idiom::
 
-        net = nn.Sequential(nn.Flatten(),
-                            nn.Linear(784, 200), snn.Leaky(beta=0.9, init_hidden=True),
-                            nn.Linear(200, 10), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+def _modules(model):
+    """The leaves of a (nested) ``nn.Sequential``, in order."""
+    for m in model:
+        if type(m) is nn.Sequential:
+            yield from _modules(m)
+        else:
+            yield m
+
+
+def fuse(model, backward="sparse", stateless=()):
+    """Fuse a feed-forward ``nn.Sequential`` (nested ones too) of snnTorch neurons and
+    stateless layers into a whole-sequence model.
+
+    The snnTorch idiom (tutorial 6)::
+
+        net = nn.Sequential(nn.Conv2d(1, 12, 5), nn.MaxPool2d(2),
+                            snn.Leaky(beta=0.5, init_hidden=True),
+                            nn.Conv2d(12, 64, 5), nn.MaxPool2d(2),
+                            snn.Leaky(beta=0.5, init_hidden=True),
+                            nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
+                            snn.Leaky(beta=0.5, init_hidden=True, output=True))
         for t in range(T):
             spk, mem = net(x[t])        # stacked over t by the user
 
     becomes ``spk_seq, mem_seq = fuse(net)(x)`` with ``x [T, B, ...]``: equal outputs, and
-    gradients equal the per-step model's with our Leakys' own bands. A stock
-    ``snntorch.Leaky`` gets the sparse default band ``surrogate.DEFAULT_B_TH`` (as
-    :func:`sparsify` gives it); ``backward="dense"`` keeps snnTorch's dense gradient. Every Linear followed by a
-    Leaky (ours or snnTorch's) becomes one
-    ``SpikingLinear`` sharing the Linear's weight and bias Parameters and a learnable β/θ
-    Parameter; fixed β/θ, reset mechanism, surrogate, ``b_th`` and the graded-spikes factor
-    are copied. A Linear with no Leaky after it stays a Linear; an ``nn.Flatten`` may come
-    first. Anything else is a ValueError naming the layer.
+    gradients equal the per-step model's with our neurons' own bands. Stages:
+
+    * ``nn.Linear`` / ``nn.Conv2d`` followed by a ``Leaky`` (ours or snnTorch's): one
+      :class:`SpikingLinear` / :class:`SpikingConv2d` sharing the Linear's/Conv's weight
+      and bias Parameters and a learnable β/θ Parameter (fixed β/θ, reset, surrogate,
+      ``b_th`` and the graded-spikes factor are copied) — the sparse weight and input
+      gradients. Options with no fused form (inhibition, state_quant, a learnable γ, a
+      surrogate outside the compiled shapes, a per-neuron β/θ other than one per
+      feature/channel) keep the two apart, each exact on its own.
+    * any other ``Leaky``: ``Leaky.forward_sequence`` (a stock one runs as our Leaky with
+      the default band, sharing its Parameters; the model is not modified).
+    * Linear, Conv1d/Conv2d, Max/Avg pooling (also adaptive), Dropout (1d/2d), Flatten,
+      Unflatten, Identity and the module types in ``stateless``: one call on all ``T·B``
+      samples. Values equal ``T`` calls; Dropout draws its masks in another order, so
+      its outputs are equal in distribution, not bit for bit.
+    * BatchNorm1d/2d: in training, each step normalised by its own batch statistics and
+      the running statistics updated ``T`` times, exactly as ``T`` calls (eval mode: the
+      running statistics).
+
+    A stock ``snntorch.Leaky`` gets the sparse default band ``surrogate.DEFAULT_B_TH`` (as
+    :func:`sparsify` gives it); ``backward="dense"`` keeps snnTorch's dense gradient.
+    Anything else (recurrent neurons, other snnTorch neurons, custom modules) is a
+    ValueError naming the layer.
 
     Args:
-        model: the ``nn.Sequential``.
-        backward: "sparse" (the band-limited surrogate), "dense" (the full surrogate,
-            the stock snnTorch gradient) or "rate" (rate-based backpropagation, which
-            needs fixed β/θ and no loss on a hidden membrane), for every SpikingLinear.
+        model: the ``nn.Sequential``; neurons need ``init_hidden=True`` and only the last
+            may have ``output=True``.
+        backward: "sparse" (the band-limited surrogate), "dense" (the full surrogate, the
+            stock snnTorch gradient) or "rate" (rate-based backpropagation, which needs
+            fixed β/θ and no loss on a hidden membrane), for every fused layer and neuron.
+        stateless: extra module types that act on each sample on its own (no state across
+            calls), to run on all ``T·B`` samples at once.
 
     Example::
 
         >>> import torch, snntorch
         >>> from torch import nn
         >>> from snntorch_sparse import fuse
-        >>> net = nn.Sequential(nn.Linear(100, 50), snntorch.Leaky(beta=0.9, init_hidden=True))
-        >>> spk = fuse(net)(torch.rand(25, 8, 100))       # [25, 8, 50]
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2),
+        ...                     snntorch.Leaky(beta=0.9, init_hidden=True),
+        ...                     nn.Flatten(), nn.Linear(4 * 3 * 3, 10),
+        ...                     snntorch.Leaky(beta=0.9, init_hidden=True, output=True))
+        >>> spk, mem = fuse(net)(torch.rand(25, 8, 1, 8, 8))       # [25, 8, 10] each
     """
     if backward not in BACKWARDS:
         raise ValueError(f"fuse: backward must be one of {', '.join(map(repr, BACKWARDS))}, "
                          f"got {backward!r}")
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"fuse expects an nn.Sequential, got {type(model).__name__}")
-    mods = list(model)
-    flatten = None
+    stateless = tuple(stateless)
+    mods = list(_modules(model))
     layers = []
     output = False
     i = 0
     while i < len(mods):
         m = mods[i]
-        if isinstance(m, nn.Flatten):
-            if i != 0:
-                raise _unsupported(i, m, "nn.Flatten is only allowed as the first layer")
-            if m.start_dim == 0:
-                raise _unsupported(i, m, "flattening the batch dimension (start_dim=0)")
-            flatten = (m.start_dim, m.end_dim)
+        last = i + 1 == len(mods)
+        nxt = None if last else mods[i + 1]
+        if isinstance(m, snntorch.SpikingNeuron):
+            if type(m) not in (snntorch.Leaky, Leaky):
+                raise _unsupported(i, m, f"{type(m).__name__} has no whole-sequence form; "
+                                   "fuse supports snntorch.Leaky and snntorch_sparse.Leaky "
+                                   "(run this model per step)")
+            _check_neuron(i, m, last)
+            layers.append(_NeuronSequence(_sparse_neuron(m), backward, bool(m.output)))
+            output = bool(m.output)
             i += 1
-        elif type(m) is nn.Linear:
-            nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if isinstance(nxt, snntorch.Leaky):
-                last = i + 2 == len(mods)
-                _check_leaky(i + 1, nxt, last)
-                try:
-                    layers.append(_spiking_linear(m, nxt, backward))
-                except ValueError as err:  # e.g. a surrogate with no compiled form
-                    raise _unsupported(i + 1, nxt, str(err)) from None
+            continue
+        if type(m) in (nn.Linear, nn.Conv2d) and type(nxt) in (snntorch.Leaky, Leaky):
+            _check_neuron(i + 1, nxt, i + 2 == len(mods))
+            pair = _fused_pair(m, nxt, backward)
+            if pair is not None:
+                layers.append(pair)
                 output = bool(nxt.output)
                 i += 2
-            else:
-                layers.append(m)
-                i += 1
-        elif isinstance(m, snntorch.Leaky):
-            raise _unsupported(i, m, "a Leaky must follow an nn.Linear")
+                continue
+        if isinstance(m, nn.Flatten) and m.start_dim == 0:
+            raise _unsupported(i, m, "flattening the batch dimension (start_dim=0)")
+        if isinstance(m, nn.Unflatten) and m.dim == 0:
+            raise _unsupported(i, m, "unflattening the batch dimension (dim=0)")
+        if type(m) is nn.Linear:
+            layers.append(m)  # applies to [T, B, ...] as is
+        elif type(m) in _BATCHNORM:
+            layers.append(_SequenceBatchNorm(m))
+        elif type(m) in _PER_SAMPLE or isinstance(m, stateless):
+            if getattr(m, "return_indices", False):
+                raise _unsupported(i, m, "return_indices=True returns a tuple")
+            layers.append(_Folded(m))
         else:
-            raise _unsupported(i, m, "only nn.Flatten, nn.Linear and snntorch.Leaky fuse")
+            raise _unsupported(i, m, "fuse cannot know that it acts on each sample on its "
+                               "own; if it does, pass its type in fuse(..., stateless=(...))")
+        output = False
+        i += 1
     if not layers:
-        raise ValueError("fuse: the model has no nn.Linear layer")
-    return FusedSequential(layers, flatten, output)
+        raise ValueError("fuse: the model is empty")
+    return FusedSequential(layers, output)

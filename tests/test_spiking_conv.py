@@ -63,10 +63,10 @@ def _grads(out, ref, wrt, gen):
     return got, want
 
 
-def _assert_close(got, want):
+def _assert_close(got, want, rtol=1e-9, atol=1e-10):
     for g, w in zip(got, want):
         assert g is not None and g.shape == w.shape
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(g, w.to(g.dtype), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("geo", GEOMETRIES)
@@ -149,7 +149,8 @@ def test_dense_equals_snntorch_per_step(gen, reset):
     ref = torch.stack(spks)
     out = layer(x)
     assert torch.equal(out, ref.to(DT))
-    _assert_close(*_grads(out, ref, (layer.weight, layer.bias), gen))
+    # snnTorch's spikes and surrogate are float32 (its atan returns a float32 Heaviside)
+    _assert_close(*_grads(out, ref, (layer.weight, layer.bias), gen), rtol=1e-5, atol=1e-6)
 
 
 def test_input_gradient_is_masked_by_the_upstream_band(gen):
