@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import metrics, reference
+from . import bench_csnn, metrics, reference
 from ._cli import (Parser, UsageError, fixed_band, fraction, non_negative_int, positive_int,
                    usage_error, writable_dir)
 from ._ops import BACKENDS, ops
@@ -765,7 +765,9 @@ def parse_args(argv):
                    help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--config", action="append", default=None, metavar="NAME",
                    help="configuration or group (repeatable, or comma-separated): "
-                        + ", ".join(list(GROUPS) + ["all"]) + ", or a single name (--list). "
+                        + ", ".join(list(GROUPS) + ["all", "csnn"]) + ", or a single name "
+                        "(--list); csnn = snnTorch's convolutional tutorial models "
+                        f"({', '.join(bench_csnn.CONFIGS)}). "
                         "Default: paper (cpu); paper + onb (cuda)")
     p.add_argument("--quick", action="store_true", help="add the tiny 'quick' configurations")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
@@ -805,6 +807,10 @@ def main(argv=None):
             print(f"{name:12s} {shape:22s} T={c.T:<4d} input {inp}")
         for name, members in GROUPS.items():
             print(f"{name:12s} = {', '.join(members)}")
+        for name, sizes in bench_csnn.SIZES.items():
+            print(f"{name:15s} T, B = {sizes['cpu']} (cpu), {sizes['cuda']} (cuda): snnTorch's "
+                  "tutorial CSNN")
+        print(f"{'csnn':12s} = {', '.join(bench_csnn.CONFIGS)}")
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -817,8 +823,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for item in (args.config or []) for n in item.split(",") if n]
+    wants_csnn = [n for n in names if n == "csnn" or n in bench_csnn.CONFIGS]
+    csnn = [c for n in wants_csnn for c in (bench_csnn.CONFIGS if n == "csnn" else (n,))]
+    names = [n for n in names if n not in wants_csnn]
     try:
-        configs = resolve_configs(names, device.type, args.quick)
+        configs = (resolve_configs(names, device.type, args.quick)
+                   if names or not csnn or args.quick else [])
         writable_dir(args.out)
     except (ValueError, UsageError) as err:
         return usage_error(PROG, err)
@@ -831,6 +841,8 @@ def main(argv=None):
               file=sys.stderr) as progress:
         for cfg in configs:
             rows += bench_config(cfg, args, device, progress)
+    csnn_results = [bench_csnn.bench(n, device, args.repeats, args.warmup, args.b_th)
+                    for n in dict.fromkeys(csnn)]
     report = {
         "command": "python -m snntorch_sparse bench " + shlex.join(argv),
         "argv": list(sys.argv),
@@ -846,6 +858,7 @@ def main(argv=None):
         "configs": [asdict(c) for c in configs],
         "rows": rows,
         "targets": evaluate_targets(rows, device.type),
+        "csnn": csnn_results,
     }
     report["elapsed_s"] = time.perf_counter() - start
     # Other processes on the machine distort CPU timings (most of all snnTorch's many small
@@ -854,12 +867,13 @@ def main(argv=None):
     stem = os.path.join(args.out, f"bench_{device.type}")
     with open(stem + ".json", "w") as f:
         json.dump(_clean(report), f, indent=1)
-    table = markdown(report)
+    table = (markdown(report) if rows else "") + (
+        "\n" + bench_csnn.markdown(csnn_results) if csnn_results else "")
     with open(stem + ".md", "w") as f:
         f.write(table)
-    if not args.no_plot:
+    if not args.no_plot and rows:
         plot(report, stem + ".png")
     print(table)
-    print(f"wrote {stem}.json, {stem}.md" + ("" if args.no_plot else f", {stem}.png")
+    print(f"wrote {stem}.json, {stem}.md" + ("" if args.no_plot or not rows else f", {stem}.png")
           + f" in {report['elapsed_s']:.0f} s")
     return 0

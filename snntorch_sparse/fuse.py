@@ -8,6 +8,7 @@ called once on ``[T, B, ...]``. Each module becomes one *stage*:
 * BatchNorm normalises each step by its own batch statistics, as ``T`` calls do;
 * a neuron right after an ``nn.Linear`` / ``nn.Conv2d`` becomes, with it, one fused
   :class:`SpikingLinear` / :class:`SpikingConv2d` (sparse weight and input gradients);
+  another ``nn.Conv2d`` keeps the sparse convolution backward on its own;
 * any other neuron runs its whole-sequence form (``forward_sequence``).
 """
 
@@ -17,7 +18,7 @@ import snntorch
 import torch
 from torch import nn
 
-from . import _fused
+from . import _conv, _fused
 from ._layer import BACKWARDS
 from .convert import _to_sparse_leaky
 from .leaky import Leaky
@@ -55,6 +56,39 @@ class _Folded(nn.Module):
         out = out.unflatten(0, x.shape[:2])
         bits = _fused.band_of(x) if self.keeps_band else None
         return out if bits is None or out.numel() != x.numel() else _fused.tag_band(out, bits)
+
+
+class _SparseConv(nn.Module):
+    """An ``nn.Conv2d`` on ``[T, B, C, H, W]`` with the sparse backward of
+    :class:`SpikingConv2d`'s currents (``_conv``): its input kept compact when it is
+    spikes, ∂W over the input's nonzeros, ∂X only inside an upstream band. Used where no
+    neuron follows the convolution directly (tutorial 6's Conv → MaxPool → Leaky)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+        self.geo = _conv.ConvGeometry(conv.stride, _conv_padding(conv), conv.dilation,
+                                      conv.groups)
+        self._report = {}
+
+    def forward(self, x):
+        cur = _conv.conv_currents(x, self.conv.weight, self.conv.bias, self.geo, True,
+                                  self._report)
+        return cur.unflatten(0, x.shape[:2])
+
+
+def _conv_padding(conv):
+    """An ``nn.Conv2d``'s padding as a pair, or None when it has no symmetric zero-padding
+    form (padding_mode other than zeros, or an asymmetric "same")."""
+    if conv.padding_mode != "zeros":
+        return None
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        if any(d * (k - 1) % 2 for k, d in zip(conv.kernel_size, conv.dilation)):
+            return None
+        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(conv.padding)
 
 
 class _SequenceBatchNorm(nn.Module):
@@ -178,10 +212,10 @@ def _fused_pair(weighted, lif, backward):
         cls, args, n = SpikingLinear, (weighted.in_features, weighted.out_features), \
             weighted.out_features
         extra = {}
-    elif kind is nn.Conv2d and weighted.padding_mode == "zeros":
+    elif kind is nn.Conv2d and _conv_padding(weighted) is not None:
         cls, n = SpikingConv2d, weighted.out_channels
         args = (weighted.in_channels, n, weighted.kernel_size)
-        extra = {"stride": weighted.stride, "padding": weighted.padding,
+        extra = {"stride": weighted.stride, "padding": _conv_padding(weighted),
                  "dilation": weighted.dilation, "groups": weighted.groups}
     else:
         return None
@@ -259,6 +293,9 @@ def fuse(model, backward="sparse", stateless=()):
       gradients. Options with no fused form (inhibition, state_quant, a learnable γ, a
       surrogate outside the compiled shapes, a per-neuron β/θ other than one per
       feature/channel) keep the two apart, each exact on its own.
+    * any other ``nn.Conv2d`` (with ``backward="sparse"``): the same sparse backward as
+      :class:`SpikingConv2d`'s convolution — ∂W over its input spikes, ∂X only inside
+      the upstream band (a MaxPool between it and the neuron, as in tutorial 6, is fine).
     * any other ``Leaky``: ``Leaky.forward_sequence`` (a stock one runs as our Leaky with
       the default band, sharing its Parameters; the model is not modified).
     * Linear, Conv1d/Conv2d, Max/Avg pooling (also adaptive), Dropout (1d/2d), Flatten,
@@ -332,6 +369,8 @@ def fuse(model, backward="sparse", stateless=()):
             raise _unsupported(i, m, "unflattening the batch dimension (dim=0)")
         if type(m) is nn.Linear:
             layers.append(m)  # applies to [T, B, ...] as is
+        elif type(m) is nn.Conv2d and backward == "sparse" and _conv_padding(m) is not None:
+            layers.append(_SparseConv(m))
         elif type(m) in _BATCHNORM:
             layers.append(_SequenceBatchNorm(m))
         elif type(m) in _PER_SAMPLE or isinstance(m, stateless):

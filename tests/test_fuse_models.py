@@ -69,11 +69,13 @@ def test_tutorial6_csnn_fuses_and_equals_per_step(gen):
                         spike_grad=surrogate.fast_sigmoid(slope=25)), gen, shift=0.15)
     fused = fuse(model)
     kinds = [type(m).__name__ for m in fused.layers]
-    assert kinds == ["_Folded", "_Folded", "_NeuronSequence", "_Folded", "_Folded",
+    assert kinds == ["_SparseConv", "_Folded", "_NeuronSequence", "_SparseConv", "_Folded",
                      "_NeuronSequence", "_Folded", "SpikingLinear"]
     x = (torch.rand(12, 3, 1, 14, 14, generator=gen) < 0.3).to(DT)
     _compare(model, fused, x, gen)
-    # The Flatten passes the band on: the SpikingLinear's input gradient is masked.
+    # The second convolution's input is the first neuron's spikes: ∂W over them, ∂X only
+    # in that neuron's band; the Flatten passes the band on to the SpikingLinear.
+    assert fused.layers[3]._report == {"dw": "spikes", "dx_masked": True}
     assert fused.layers[-1]._report["dx_masked"]
 
 
