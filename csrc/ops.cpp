@@ -29,4 +29,8 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("dw_trace(Tensor rowptr, Tensor cols, Tensor eps_vals, Tensor colptr, Tensor rows, Tensor xvals, float beta, int T, int B, int n_out) -> Tensor");
   // Input gradient only where the upstream layer's band bit is set.
   m.def("dx_masked(Tensor delta, Tensor weight_t, Tensor bits) -> Tensor");
+  // 2-D convolution: weight gradient [C_out, C_in/groups, kH, kW] from the input nonzeros
+  // (CSC of x.reshape(R, C_in*H*W)), and the input gradient where the upstream band bit is set.
+  m.def("conv_dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int[] in_shape, int[] kernel, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
+  m.def("conv_dx_masked(Tensor delta, Tensor weight, Tensor bits, int[] in_shape, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
 }

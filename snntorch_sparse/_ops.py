@@ -195,7 +195,7 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dx_masked")
+       "dx_masked", "conv_dw_spikes", "conv_dx_masked")
 
 
 def _fill_missing_devices(how, reason, cuda_note, build_info):
@@ -279,6 +279,14 @@ def _register_fakes():
     @fake("dx_masked")
     def _(delta, weight_t, bits):
         return delta.new_empty(delta.shape[0], weight_t.shape[0])
+
+    @fake("conv_dw_spikes")
+    def _(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation, groups):
+        return delta.new_empty(delta.shape[1], in_shape[0] // groups, *kernel)
+
+    @fake("conv_dx_masked")
+    def _(delta, weight, bits, in_shape, stride, padding, dilation, groups):
+        return delta.new_empty(delta.shape[0], *in_shape)
 
 
 # --------------------------------------------------------------------- autograd

@@ -403,3 +403,62 @@ def _rate_layer(x, currents, beta, theta, gamma, reset, shape, p, b_th, readout,
     if readout:
         return mem + (c * kappa - (c * kappa).detach())
     return out + (c * e - (c * e).detach())
+
+
+# ---- convolution
+def conv_out_size(n, k, s, p, d):
+    """Output length of a convolution along one axis: ``(n + 2p − d(k−1) − 1) // s + 1``."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _check_conv_delta(op, delta, in_shape, kernel, stride, padding, dilation):
+    """``delta`` must be ``[R, C_out, Ho, Wo]`` with the output size of the geometry (the
+    dense torch functions would otherwise fail with a message naming none of our arguments)."""
+    want = [conv_out_size(n, k, s, p, d) for n, k, s, p, d in
+            zip(in_shape[1:], kernel, stride, padding, dilation)]
+    if delta.dim() != 4 or list(delta.shape[2:]) != want:
+        raise ValueError(f"{op}: `delta` must be [R, C_out, {want[0]}, {want[1]}] (the conv output "
+                         f"size of in_shape={list(in_shape)}), got shape {tuple(delta.shape)}")
+
+
+def conv_dw_spikes(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation,
+                   groups):
+    """Op ``conv_dw_spikes``: the weight gradient of a 2-D convolution from the input nonzeros,
+
+        ∂W[o, c mod C_g, ky, kx] = Σ_{nonzeros (r, c, y, x) of X} X[r, c, y, x]·Δ[r, o, oy, ox]
+            over o in the group of c, with oy = (y + p − ky·d)/s integral and in [0, Ho)
+            (likewise ox with x, kx and the width's s, p, d),
+
+    = ``torch.nn.grad.conv2d_weight(X, ...)``; ``C_g = C_in/groups``. ``Δ`` is ``[R, C_out,
+    Ho, Wo]``; ``X`` (``[R, C_in, H, W]``, ``in_shape = [C_in, H, W]``) is the CSC of
+    ``X.reshape(R, C_in·H·W)`` given by :func:`nonzero_csc` (repeated entries add up).
+    Returns ``[C_out, C_in/groups, kH, kW]`` (torch's weight layout).
+    """
+    _check_conv_delta("conv_dw_spikes", delta, in_shape, kernel, stride, padding, dilation)
+    R, C_out = delta.shape[:2]
+    n = colptr.numel() - 1
+    col = torch.repeat_interleave(torch.arange(n, device=delta.device), colptr[1:] - colptr[:-1])
+    x = delta.new_zeros(R, n)
+    x.index_put_((rows.long(), col), xvals if xvals.numel() else delta.new_ones(rows.numel()),
+                 accumulate=True)
+    weight_shape = (C_out, in_shape[0] // groups, *kernel)
+    return torch.nn.grad.conv2d_weight(x.view(R, *in_shape), weight_shape, delta, stride,
+                                       padding, dilation, groups)
+
+
+def conv_dx_masked(delta, weight, bits, in_shape, stride, padding, dilation, groups):
+    """Op ``conv_dx_masked``: the input gradient of a 2-D convolution (``conv_transpose(Δ, W)``)
+    where the upstream layer's band bit is set, else exactly 0 (eq. 12):
+
+        ∂X[r, c, y, x] = Σ_{o in the group of c, ky, kx} Δ[r, o, oy, ox]·W[o, c mod C_g, ky, kx]
+            with oy, ox as in :func:`conv_dw_spikes`, if bit r·C_in·H·W + (c·H + y)·W + x is set
+
+    = ``torch.nn.grad.conv2d_input([R, *in_shape], W, Δ, ...)`` masked; ``W`` is
+    ``[C_out, C_in/groups, kH, kW]``, ``bits`` packed as :func:`pack_bits`.
+    """
+    _check_conv_delta("conv_dx_masked", delta, in_shape, weight.shape[2:], stride, padding,
+                      dilation)
+    full = torch.nn.grad.conv2d_input((delta.shape[0], *in_shape), weight, delta, stride,
+                                      padding, dilation, groups)
+    keep = unpack_bits(bits, full.numel()).view(full.shape)
+    return torch.where(keep, full, torch.zeros_like(full))
