@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from ._fused import (Neuron, _cast_spikes, _empty_bits, _mark_band, _meta, _needs,
-                     _needs_rbits, _per_element, _previous, _reduce, _reset_bits, _beta_grad,
+from ._fused import (Neuron, _beta_grad, _cast_spikes, _empty_bits, _mark_band, _meta,
+                     _needs, _needs_rbits, _per_element, _previous, _reduce, _reset_bits,
                      _theta_grad)
 from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, SUBTRACT
