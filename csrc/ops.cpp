@@ -21,6 +21,12 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("lif_fwd(Tensor cur, Tensor mem0, Tensor beta, Tensor theta, int reset) -> Tensor");
   // Reverse scan Delta[t] = eps[t] + a[t+1]*Delta[t+1]; returns (Delta, dmem0).
   m.def("lif_bwd(Tensor eps, Tensor beta, Tensor rbits, int reset) -> (Tensor, Tensor)");
+  // Synaptic (two-state) layer: current syn[t] = alpha*syn[t-1] + cur[t] (never reset) and
+  // membrane [T, M] from the input current [T, M]; returns (syn, mem).
+  m.def("syn_fwd(Tensor cur, Tensor syn0, Tensor mem0, Tensor alpha, Tensor beta, Tensor theta, int reset) -> (Tensor, Tensor)");
+  // Reverse two-state scan of syn_fwd from the gradients into mem (eps_mem) and syn
+  // (grad_syn, empty: none); returns (dcur, dsyn0, dmem0).
+  m.def("syn_bwd(Tensor eps_mem, Tensor grad_syn, Tensor alpha, Tensor beta, Tensor rbits, int reset) -> (Tensor, Tensor, Tensor)");
   // The nonzeros of x [R, n_in] by column (CSC; empty outputs when denser than max_density).
   m.def("nonzero_csc(Tensor x, float max_density) -> (Tensor colptr, Tensor rows, Tensor xvals)");
   // Weight gradient (transposed) from the input nonzeros, CSC by input neuron.

@@ -1,18 +1,18 @@
 """snntorch_sparse: sparse surrogate-gradient backpropagation for snnTorch.
 
-One-import switch: ``import snntorch_sparse as snn`` gives the sparse :class:`Leaky`,
-our :mod:`surrogate` (a superset of ``snntorch.surrogate``), :func:`sparsify`, the fused
-whole-sequence layers :class:`SpikingLinear` and :class:`SpikingConv2d`, and :func:`fuse`;
-every other name
-(``snn.Synaptic``, ``snn.utils``, ``snn.functional``, ``snn.spikegen``, ``snn.backprop``,
-...) is snnTorch's own.
+One-import switch: ``import snntorch_sparse as snn`` gives the sparse :class:`Leaky` and
+:class:`Synaptic`, our :mod:`surrogate` (a superset of ``snntorch.surrogate``),
+:func:`sparsify`, the fused whole-sequence layers :class:`SpikingLinear` and
+:class:`SpikingConv2d`, and :func:`fuse`; every other name (``snn.Alpha``, ``snn.RLeaky``,
+``snn.utils``, ``snn.functional``, ``snn.spikegen``, ``snn.backprop``, ...) is snnTorch's own.
 
 Example::
 
     >>> import torch
     >>> import snntorch_sparse as snn
     >>> lif = snn.Leaky(beta=0.9, b_th=0.2)        # sparse
-    >>> syn = snn.Synaptic(alpha=0.9, beta=0.8)    # snntorch.Synaptic
+    >>> syn = snn.Synaptic(alpha=0.9, beta=0.8)    # sparse too
+    >>> alpha = snn.Alpha(alpha=0.9, beta=0.8)     # snntorch.Alpha
     >>> spk, mem = lif(torch.rand(4, 8))
 """
 
@@ -33,8 +33,10 @@ from .leaky import Leaky  # noqa: E402
 from .spiking_conv import SpikingConv2d  # noqa: E402
 from .spiking_linear import SpikingLinear  # noqa: E402
 from .surrogate import AdaptiveBand  # noqa: E402
+from .synaptic import Synaptic  # noqa: E402
 
-__all__ = ["AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear", "fuse", "sparsify",
+__all__ = ["AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear", "Synaptic", "fuse",
+           "sparsify",
            "surrogate"]
 
 

@@ -195,7 +195,7 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dx_masked", "conv_dw_spikes", "conv_dx_masked")
+       "dx_masked", "conv_dw_spikes", "conv_dx_masked", "syn_fwd", "syn_bwd")
 
 
 def _fill_missing_devices(how, reason, cuda_note, build_info):
@@ -259,6 +259,15 @@ def _register_fakes():
     @fake("lif_bwd")
     def _(eps, beta, rbits, reset):
         return eps.new_empty(eps.shape), eps.new_empty(eps.shape[1:])
+
+    @fake("syn_fwd")
+    def _(cur, syn0, mem0, alpha, beta, theta, reset):
+        return cur.new_empty(cur.shape), cur.new_empty(cur.shape)
+
+    @fake("syn_bwd")
+    def _(eps_mem, grad_syn, alpha, beta, rbits, reset):
+        M = eps_mem.shape[1:]
+        return eps_mem.new_empty(eps_mem.shape), eps_mem.new_empty(M), eps_mem.new_empty(M)
 
     @fake("nonzero_csc")
     def _(x, max_density):

@@ -4,28 +4,35 @@ import snntorch
 from torch import nn
 
 from . import metrics, surrogate
+from ._banded import BandedNeuron
 from .leaky import Leaky
+from .synaptic import Synaptic
+
+#: The snnTorch neurons that have a drop-in of ours (the same constructor and forward).
+_OURS = {snntorch.Leaky: Leaky, snntorch.Synaptic: Synaptic}
 
 
-def _to_sparse_leaky(lif, b_th):
-    """Turn a plain :class:`snntorch.Leaky` into our :class:`Leaky`, in place.
+def _to_ours(neuron, b_th):
+    """Turn a plain :class:`snntorch.Leaky` / :class:`snntorch.Synaptic` into ours, in place.
 
     Changing the class (rather than building a copy) keeps everything the module owns:
     the same parameter and buffer objects (so an optimizer built earlier still steps
     them), device, dtype, training mode, hidden state, hooks, and its entry in
     ``snntorch.SpikingNeuron.instances``.
     """
-    lif.__class__ = Leaky
-    lif._b_th = None  # the setter below re-bands spike_grad (unless surrogate_disable)
-    lif.b_th = b_th
-    return lif
+    neuron.__class__ = _OURS[type(neuron)]
+    neuron._b_th = None  # the setter below re-bands spike_grad (unless surrogate_disable)
+    neuron.b_th = b_th
+    return neuron
 
 
 def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
-    r"""Give every :class:`snntorch.Leaky` in ``model`` a band-limited surrogate.
+    r"""Give every :class:`snntorch.Leaky` and :class:`snntorch.Synaptic` in ``model`` a
+    band-limited surrogate.
 
-    Each plain ``snntorch.Leaky`` (at any depth, also inside ``nn.Sequential``) becomes a
-    :class:`snntorch_sparse.Leaky` *in place*: same object, same options, parameters,
+    Each plain ``snntorch.Leaky`` / ``snntorch.Synaptic`` (at any depth, also inside
+    ``nn.Sequential``) becomes a :class:`snntorch_sparse.Leaky` /
+    :class:`snntorch_sparse.Synaptic` *in place*: same object, same options, parameters,
     buffers, device, dtype, training mode and hidden state; its surrogate keeps its shape
     and parameter and gets the band ``|U − θ| < b_th`` (see
     :func:`snntorch_sparse.surrogate.sparse`):
@@ -34,11 +41,12 @@ def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
 
         \frac{\partial S}{\partial U} = g(U - θ)\,[|U - θ| < B_{th}]
 
-    A ``Leaky`` that is already ours is left alone, so calling ``sparsify`` twice is a
+    A neuron that is already ours is left alone, so calling ``sparsify`` twice is a
     no-op. Subclasses of ``snntorch.Leaky`` that are not ours keep their class (their
     ``forward`` may differ) and get the band on their ``spike_grad``. With
-    ``all_neurons=True`` every other snnTorch neuron (``Synaptic``, ``Alpha``,
-    ``RLeaky``, ``RSynaptic``, ``Lapicque``, …) gets the band on its ``spike_grad`` too.
+    ``all_neurons=True`` every other snnTorch neuron (``Alpha``, ``RLeaky``,
+    ``RSynaptic``, ``Lapicque``, subclasses of ``Synaptic``, …) gets the band on its
+    ``spike_grad`` too.
     Neurons built with ``surrogate_disable=True`` are not touched.
 
     Args:
@@ -46,7 +54,7 @@ def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
         b_th (float, None, "auto" or AdaptiveBand): band half-width; ``None`` keeps the
             dense surrogate; ``"auto"`` / an :class:`AdaptiveBand` gives each neuron its
             own adaptive band (see :class:`snntorch_sparse.surrogate.AdaptiveSurrogate`).
-        all_neurons (bool): also band the surrogate of non-``Leaky`` snnTorch neurons.
+        all_neurons (bool): also band the surrogate of the other snnTorch neurons.
 
     Returns:
         ``model`` (modified in place).
@@ -66,11 +74,11 @@ def sparsify(model, b_th=surrogate.DEFAULT_B_TH, all_neurons=False):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     for module in model.modules():
-        if not isinstance(module, snntorch.SpikingNeuron) or isinstance(module, Leaky):
+        if not isinstance(module, snntorch.SpikingNeuron) or isinstance(module, BandedNeuron):
             continue
         band = surrogate.band_for(b_th, getattr(module, "output", False))
-        if type(module) is snntorch.Leaky:
-            _to_sparse_leaky(module, band)
+        if type(module) in _OURS:
+            _to_ours(module, band)
         elif (isinstance(module, snntorch.Leaky) or all_neurons) and not getattr(
                 module, "surrogate_disable", False):
             surrogate.assign_spike_grad(module, surrogate.sparse(module.spike_grad, band))

@@ -1,15 +1,15 @@
 """Drop-in sparse ``Leaky``: :class:`snntorch.Leaky` with a band-limited surrogate."""
 
-import contextlib
 import math
 
 import snntorch
 import torch
 
 from . import _fused, _rate, reference, surrogate
+from ._banded import BandedNeuron
 
 
-class Leaky(snntorch.Leaky):
+class Leaky(BandedNeuron, snntorch.Leaky):
     r"""First-order leaky integrate-and-fire neuron with sparse surrogate gradients.
 
     A subclass of :class:`snntorch.Leaky` with the same constructor plus ``b_th``; the
@@ -71,37 +71,13 @@ class Leaky(snntorch.Leaky):
         *,
         b_th=surrogate.DEFAULT_B_TH,
     ):
-        b_th = surrogate.band_for(surrogate._check_b_th(b_th), output)
-        if surrogate_disable:
-            pass  # snnTorch ignores spike_grad then; so do we
-        elif spike_grad is None:
-            spike_grad = surrogate.atan(alpha=2.0, b_th=b_th)
-        else:
-            spike_grad = surrogate.sparse(spike_grad, b_th)
+        spike_grad, b_th = self._banded_surrogate(spike_grad, surrogate_disable, b_th, output)
         super().__init__(
             beta, threshold, spike_grad, surrogate_disable, init_hidden, inhibition,
             learn_beta, learn_threshold, reset_mechanism, state_quant, output,
             graded_spikes_factor, learn_graded_spikes_factor, reset_delay,
         )
         self._b_th = b_th
-
-    @property
-    def b_th(self):
-        """Band half-width of the surrogate (``None``: dense). Setting it re-bands
-        ``spike_grad``."""
-        return self._b_th
-
-    @b_th.setter
-    def b_th(self, value):
-        value = surrogate._check_b_th(value)
-        if not self.surrogate_disable:
-            surrogate.assign_spike_grad(self, surrogate.sparse(self.spike_grad, value))
-        self._b_th = value
-
-    def extra_repr(self):
-        # An adaptive surrogate is a submodule: the module repr prints it on its own line.
-        sg = "" if "spike_grad" in self._modules else f", spike_grad={self.spike_grad!r}"
-        return f"b_th={self.b_th!r}{sg}"
 
     # ------------------------------------------------------------------ sequences
     def forward_sequence(self, cur_seq, mem=None, backward="sparse"):
@@ -161,13 +137,7 @@ class Leaky(snntorch.Leaky):
         if mem is None:
             use_stored = self.init_hidden and self.mem.shape == cur_seq.shape[1:]
             mem = self.mem if use_stored else torch.zeros_like(cur_seq[0])
-        # Per step, a per-neuron β/θ or a membrane of a wider dtype than the input
-        # promotes the membrane; the fused op keeps the input's dtype.
-        widens = any(t.dim() > 0 and torch.promote_types(t.dtype, cur_seq.dtype) != cur_seq.dtype
-                     for t in (self.beta, self.threshold, mem))
-        fusable = (not (self.inhibition or self.state_quant or self.surrogate_disable or widens)
-                   and self.reset_delay and isinstance(
-                       self.spike_grad, (surrogate.SparseSurrogate, surrogate.AdaptiveSurrogate)))
+        fusable = self._fusable(cur_seq, (self.beta, self.threshold, mem))
         if backward == "rate" and not fusable:
             raise ValueError("forward_sequence(backward='rate') needs the fused path: no "
                              "inhibition, state_quant, surrogate_disable, reset_delay=False, "
@@ -182,8 +152,7 @@ class Leaky(snntorch.Leaky):
     def _fused_sequence(self, cur_seq, mem, b_th, rate=False):
         sg = self.spike_grad
         stats = {}
-        # An adaptive band runs at its current width (sg.b_th), then learns from the count.
-        width = sg.b_th if isinstance(b_th, surrogate.AdaptiveBand) else b_th
+        width = self._kernel_width(b_th)
         # Per step, the float32 reset flags promote a float16/bfloat16 membrane to float32
         # from the first step on; the fused sequence computes in that dtype too.
         work = torch.promote_types(cur_seq.dtype, torch.float32)
@@ -198,19 +167,7 @@ class Leaky(snntorch.Leaky):
             reset=reference.RESETS.index(self.reset_mechanism), shape=sg.shape, p=sg.p,
             b_th=width, stats=stats,
         )
-        if (b_th is not None and getattr(sg, "training", True) and spk.requires_grad
-                and cur_seq.numel() and not torch.compiler.is_compiling()):
-            sg.observe(stats["in_band"], cur_seq.numel())
-        # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
-        # γ outside the op lets autograd handle a learnable factor.
-        out = spk.float() * self.graded_spikes_factor
-        band = _fused.band_of(spk)
-        # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
-        # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
-        # it too.
-        if band is not None and not self.graded_spikes_factor.requires_grad:
-            _fused.tag_band(out, band)
-        return out, mem_seq
+        return self._finish_spikes(spk, b_th, stats, cur_seq), mem_seq
 
     def _stepwise_sequence(self, cur_seq, mem, b_th):
         spks, mems = [], []
@@ -221,16 +178,3 @@ class Leaky(snntorch.Leaky):
                 spks.append(out[0] if isinstance(out, tuple) else out)
                 mems.append(self.mem)
         return torch.stack(spks), torch.stack(mems)
-
-    @contextlib.contextmanager
-    def _band(self, b_th):
-        """Temporarily run the surrogate with band ``b_th`` (no-op when it already is)."""
-        if self.surrogate_disable or b_th == self.b_th:
-            yield
-            return
-        saved = self.spike_grad
-        surrogate.assign_spike_grad(self, surrogate.sparse(saved, b_th))
-        try:
-            yield
-        finally:
-            surrogate.assign_spike_grad(self, saved)

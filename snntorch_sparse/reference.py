@@ -462,3 +462,92 @@ def conv_dx_masked(delta, weight, bits, in_shape, stride, padding, dilation, gro
                                       padding, dilation, groups)
     keep = unpack_bits(bits, full.numel()).view(full.shape)
     return torch.where(keep, full, torch.zeros_like(full))
+
+
+# ---- synaptic
+def syn_fwd(cur, syn0, mem0, alpha, beta, theta, reset):
+    """Op ``syn_fwd``: synaptic current and membrane ``(syn, mem)``, both ``[T, M]``.
+
+    ``alpha``/``beta``/``theta``/``syn0``/``mem0`` are ``[M]`` (α, β already clamped).
+    Reset flag ``r[t] = H(U[t-1] − θ)``; the current is never reset (snnTorch's
+    ``Synaptic`` in every reset mode). Expression order is snnTorch's::
+
+        syn[t] = α·syn[t-1] + I[t]
+        base   = β·U[t-1] + syn[t]
+        U[t]   = base − r·θ (subtract);  base − base·r (zero);  base (none)
+    """
+    syn, mem = syn0, mem0
+    syns, mems = [], []
+    for t in range(cur.shape[0]):
+        r = (mem - theta > 0).to(cur.dtype)
+        syn = alpha * syn + cur[t]
+        base = beta * mem + syn
+        if reset == SUBTRACT:
+            mem = base - r * theta
+        elif reset == ZERO:
+            mem = base - base * r
+        else:
+            mem = base
+        syns.append(syn)
+        mems.append(mem)
+    return torch.stack(syns), torch.stack(mems)
+
+
+def syn_bwd(eps_mem, grad_syn, alpha, beta, rbits, reset):
+    """Op ``syn_bwd``: the reverse two-state scan of :func:`syn_fwd`.
+
+    ``eps_mem[t] = e[t]·γ·g(u[t])·band + m[t]`` is the direct gradient into ``U[t]``;
+    ``grad_syn`` the one into ``syn[t]`` (an empty tensor: none). With ``a[t] = β``
+    (subtract/none) or ``β·(1 − r[t])`` (zero) and ``c[t] = 1`` or ``1 − r[t]`` (zero):
+
+        Δm[t] = ε_mem[t] + a[t+1]·Δm[t+1]
+        Δs[t] = (c[t]·Δm[t] + grad_syn[t]) + α·Δs[t+1]
+
+    Returns ``(dcur = Δs [T, M], dsyn0 = α·Δs[1], dmem0 = a[1]·Δm[1])`` (1-based t).
+    ``rbits`` packs ``r[t]`` over ``[T, M]`` (read only for ``reset == ZERO``).
+    """
+    T, M = eps_mem.shape
+    if reset == ZERO:
+        keep = 1 - unpack_bits(rbits, T * M).view(T, M).to(eps_mem.dtype)
+        a = beta * keep
+    else:
+        keep = None
+        a = beta.expand(T, M)
+    gs = grad_syn if grad_syn.numel() else torch.zeros_like(eps_mem)
+    dcur = torch.empty_like(eps_mem)
+    dm, ds = eps_mem.new_zeros(M), eps_mem.new_zeros(M)
+    a_next = eps_mem.new_zeros(M)  # a[T+1]: nothing after the last step
+    for t in range(T - 1, -1, -1):
+        dm = eps_mem[t] + a_next * dm
+        cm = dm if keep is None else keep[t] * dm
+        ds = (cm + gs[t]) + alpha * ds
+        dcur[t] = ds
+        a_next = a[t]
+    return dcur, alpha * ds, a_next * dm
+
+
+def synaptic_sequence(cur, syn0, mem0, alpha, beta, theta, gamma=1.0, reset=SUBTRACT,
+                      shape=ATAN, p=2.0, b_th=0.2):
+    """A Synaptic layer over a whole sequence, by plain autograd (the gradient oracle),
+    step by step as ``snntorch.Synaptic`` (α and β clamped to [0, 1] here).
+
+    Returns ``(spk, syn, mem)``, each ``[T, ...]``; ``spk = γ·H(U − θ)`` with the
+    band-limited surrogate of :func:`spike_fn`.
+    """
+    alpha, beta = alpha.clamp(0, 1), beta.clamp(0, 1)
+    syn, mem = syn0, mem0
+    spks, syns, mems = [], [], []
+    for t in range(cur.shape[0]):
+        r = (mem - theta > 0).to(cur.dtype).detach()
+        syn = alpha * syn + cur[t]
+        base = beta * mem + syn
+        if reset == SUBTRACT:
+            mem = base - r * theta
+        elif reset == ZERO:
+            mem = base - base * r
+        else:
+            mem = base
+        spks.append(spike_fn(mem - theta, shape, p, b_th, gamma))
+        syns.append(syn)
+        mems.append(mem)
+    return torch.stack(spks), torch.stack(syns), torch.stack(mems)

@@ -225,7 +225,8 @@ def test_one_import_switch():
     assert snn.sparsify is snntorch_sparse.convert.sparsify
     from snntorch_sparse.spiking_linear import SpikingLinear
     assert snn.SpikingLinear is SpikingLinear and callable(snn.fuse)
-    for name in ("Synaptic", "Alpha", "RLeaky", "RSynaptic", "Lapicque", "LinearLeaky",
+    assert snn.Synaptic is snntorch_sparse.synaptic.Synaptic
+    for name in ("Alpha", "RLeaky", "RSynaptic", "Lapicque", "LinearLeaky",
                  "SpikingNeuron", "LIF"):
         assert getattr(snn, name) is getattr(snntorch, name), name
     for name in ("utils", "functional", "spikegen", "backprop"):
@@ -238,8 +239,8 @@ def test_one_import_switch():
     listed = dir(snn)
     assert {"Leaky", "SpikingLinear", "sparsify", "surrogate", "fuse", "Synaptic", "utils",
             "functional", "spikegen"} <= set(listed)
-    assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingLinear", "fuse", "sparsify",
-                                "surrogate"}
+    assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingLinear", "Synaptic", "fuse",
+                                "sparsify", "surrogate"}
 
 
 def test_default_is_atan_with_band():

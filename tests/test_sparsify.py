@@ -10,6 +10,7 @@ from torch import nn
 import snntorch_sparse
 from snntorch_sparse import reference, surrogate
 from snntorch_sparse.leaky import Leaky
+from snntorch_sparse.synaptic import Synaptic
 
 F64 = torch.float64
 T, B, N_IN, N_HID, N_OUT = 6, 4, 10, 16, 5
@@ -187,8 +188,10 @@ def _others(spike_grad):
 
 def test_all_neurons_option():
     model = _others(snn_sg.fast_sigmoid(slope=7.0))
-    snntorch_sparse.sparsify(model, b_th=0.3)  # default: only Leaky
-    assert all(m.spike_grad.__qualname__ == "fast_sigmoid.<locals>.inner" for m in model)
+    snntorch_sparse.sparsify(model, b_th=0.3)  # default: only Leaky and Synaptic (ours)
+    assert type(model[0]) is Synaptic
+    assert model[0].spike_grad == surrogate.fast_sigmoid(7.0, b_th=0.3)
+    assert all(m.spike_grad.__qualname__ == "fast_sigmoid.<locals>.inner" for m in model[1:])
     snntorch_sparse.sparsify(model, b_th=0.3, all_neurons=True)
     assert all(m.spike_grad == surrogate.fast_sigmoid(7.0, b_th=0.3) for m in model)
     snntorch_sparse.sparsify(model, b_th=0.3, all_neurons=True)

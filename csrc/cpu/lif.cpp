@@ -6,37 +6,16 @@
 // it just wrote (still in L1).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
-#include "common.h"
-#include "cpu/checks.h"
+#include "cpu/scan.h"
 
 namespace snntorch_sparse {
 namespace {
 
 using at::Tensor;
-
-// Neurons per block: one row slice is 4 KiB in float64, so a block's working set of a
-// few rows stays in L1.
-constexpr int64_t kBlock = 512;
-
-// A per-neuron vector: 1-D of length M, the dtype of the sequence.
-void check_vec(const Tensor& t, const Tensor& like, int64_t M, const char* op, const char* name,
-               const char* like_name) {
-  check_float(t, op, name);
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": `", name, "` must have the dtype of `",
-              like_name, "` (", like.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == M, op, ": `", name, "` must have shape [M] = [", M,
-              "], got ", t.sizes());
-}
-
-void check_reset(int64_t reset, const char* op) {
-  TORCH_CHECK(reset >= SUBTRACT && reset <= NONE, op,
-              ": `reset` must be 0 (subtract), 1 (zero) or 2 (none), got ", reset);
-}
 
 // Expression order as reference.lif_fwd (snnTorch's Leaky), so float64 is bit-identical
 // (as long as the compiler does not fuse multiply-adds: -ffp-contract=off). GCC
@@ -78,11 +57,10 @@ Tensor lif_fwd_cpu(const Tensor& cur_in, const Tensor& mem0_in, const Tensor& be
   Tensor out = at::empty({steps, M}, cur.options());
   AT_DISPATCH_FLOATING_TYPES(cur.scalar_type(), "lif_fwd_cpu", [&] {
     auto run = [&](auto kernel) {
-      at::parallel_for(0, M, kBlock, [&](int64_t b, int64_t e) {
-        for (int64_t m0 = b; m0 < e; m0 += kBlock)
-          kernel(cur.const_data_ptr<scalar_t>(), mem0.const_data_ptr<scalar_t>(),
-                 beta.const_data_ptr<scalar_t>(), theta.const_data_ptr<scalar_t>(),
-                 out.mutable_data_ptr<scalar_t>(), steps, M, m0, std::min(e, m0 + kBlock));
+      for_each_block(M, [&](int64_t m0, int64_t m1) {
+        kernel(cur.const_data_ptr<scalar_t>(), mem0.const_data_ptr<scalar_t>(),
+               beta.const_data_ptr<scalar_t>(), theta.const_data_ptr<scalar_t>(),
+               out.mutable_data_ptr<scalar_t>(), steps, M, m0, m1);
       });
     };
     if (reset == SUBTRACT) run(lif_fwd_block<scalar_t, SUBTRACT>);
@@ -99,22 +77,13 @@ void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, 
                    int64_t steps, int64_t M, int64_t m0, int64_t m1) {
   const int64_t n = m1 - m0;
   const T* be = beta + m0;
-  T buf[kZero ? kBlock : 1];
+  T buf[kZero ? kScanBlock : 1];
   // a[t] over the block. For the zero reset beta*(1 - 0) is beta itself, so only the
   // set bits of r[t] (the few neurons that fired) need beta*(1 - 1).
   auto decay = [&](int64_t t) -> const T* {
     if constexpr (kZero) {
       std::copy(be, be + n, buf);
-      const int64_t k0 = t * M + m0, k1 = k0 + n;
-      for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
-        // keep the bits of this word that fall in [k0, k1)
-        const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
-        const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
-        for (uint32_t word = static_cast<uint32_t>(rbits[w]) & mask; word; word &= word - 1) {
-          const int64_t j = w * 32 + __builtin_ctz(word) - k0;
-          buf[j] = be[j] * (T(1) - T(1));
-        }
-      }
+      for_each_set_bit(rbits, t * M + m0, n, [&](int64_t j) { buf[j] = be[j] * (T(1) - T(1)); });
       return buf;
     } else {
       (void)t;
@@ -146,13 +115,7 @@ std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_
   check_vec(beta_in, eps_in, M, "lif_bwd", "beta", "eps");
   check_reset(reset, "lif_bwd");
   const bool zero = reset == ZERO;
-  if (zero) {
-    TORCH_CHECK(rbits_in.device().is_cpu(), "lif_bwd: `rbits` must be a CPU tensor, got ", rbits_in.device());
-    TORCH_CHECK(rbits_in.scalar_type() == at::kInt, "lif_bwd: `rbits` must be int32, got ", rbits_in.scalar_type());
-    TORCH_CHECK(rbits_in.dim() == 1 && rbits_in.numel() == (steps * M + 31) / 32,
-                "lif_bwd: reset=zero needs `rbits` of ceil(T*M/32) = ", (steps * M + 31) / 32,
-                " int32 words, got shape ", rbits_in.sizes());
-  }
+  if (zero) check_rbits(rbits_in, steps, M, "lif_bwd");
   const Tensor eps = eps_in.contiguous(), beta = beta_in.contiguous();
   const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
   Tensor delta = at::empty({steps, M}, eps.options());
@@ -161,11 +124,10 @@ std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_
   if (steps == 0) return {delta, dmem0};
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "lif_bwd_cpu", [&] {
     auto run = [&](auto kernel) {
-      at::parallel_for(0, M, kBlock, [&](int64_t b, int64_t e) {
-        for (int64_t m0 = b; m0 < e; m0 += kBlock)
-          kernel(eps.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-                 zero ? rbits.const_data_ptr<int32_t>() : nullptr, delta.mutable_data_ptr<scalar_t>(),
-                 dmem0.mutable_data_ptr<scalar_t>(), steps, M, m0, std::min(e, m0 + kBlock));
+      for_each_block(M, [&](int64_t m0, int64_t m1) {
+        kernel(eps.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+               zero ? rbits.const_data_ptr<int32_t>() : nullptr, delta.mutable_data_ptr<scalar_t>(),
+               dmem0.mutable_data_ptr<scalar_t>(), steps, M, m0, m1);
       });
     };
     if (zero) run(lif_bwd_block<scalar_t, true>);
