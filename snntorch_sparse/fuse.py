@@ -20,11 +20,15 @@ from torch import nn
 
 from . import _conv, _fused
 from ._layer import BACKWARDS
-from .convert import _to_sparse_leaky
+from .convert import _OURS, _to_ours
 from .leaky import Leaky
 from .spiking_conv import SpikingConv2d
 from .spiking_linear import SpikingLinear
 from .surrogate import DEFAULT_B_TH, band_for
+from .synaptic import Synaptic
+
+#: The neurons with a whole-sequence form: snnTorch's and our drop-ins.
+_NEURONS = tuple(_OURS) + tuple(_OURS.values())
 
 #: Modules that act on each sample on its own, so one call on ``[T·B, ...]`` equals ``T``
 #: calls on ``[B, ...]``; the element-wise ones keep an upstream band tag (see
@@ -136,7 +140,9 @@ class _SequenceBatchNorm(nn.Module):
 
 
 class _NeuronSequence(nn.Module):
-    """A neuron's whole-sequence form, from zero state (``forward_sequence``)."""
+    """A neuron's whole-sequence form from zero state (``forward_sequence``): the spikes,
+    or with ``output`` every sequence the per-step neuron returns (``(spk, mem)``; a
+    Synaptic's ``(spk, syn, mem)``)."""
 
     def __init__(self, neuron, backward, output):
         super().__init__()
@@ -145,9 +151,10 @@ class _NeuronSequence(nn.Module):
         self.output = output
 
     def forward(self, x):
-        spk, mem = self.neuron.forward_sequence(x, torch.zeros_like(x[0]),
-                                                backward=self.backward)
-        return (spk, mem) if self.output else spk
+        states = 2 if isinstance(self.neuron, Synaptic) else 1
+        out = self.neuron.forward_sequence(x, *[torch.zeros_like(x[0])] * states,
+                                           backward=self.backward)
+        return out if self.output else out[0]
 
 
 class FusedSequential(nn.Module):
@@ -197,8 +204,9 @@ def _pair_fusable(lif):
                 or (not lif.reset_delay and lif.reset_mechanism != "none"))
 
 
-def _band(lif):
-    return lif.b_th if isinstance(lif, Leaky) else band_for(DEFAULT_B_TH, lif.output)
+def _band(neuron):
+    return (band_for(DEFAULT_B_TH, neuron.output) if type(neuron) in _OURS
+            else neuron.b_th)
 
 
 def _fused_pair(weighted, lif, backward):
@@ -248,15 +256,15 @@ def _fused_pair(weighted, lif, backward):
     return layer
 
 
-def _sparse_neuron(lif):
-    """Our Leaky for ``lif``: itself, or a stock Leaky's copy with the default band that
-    shares its Parameters and buffers (the model is not modified)."""
-    if isinstance(lif, Leaky):
-        return lif
-    twin = copy.copy(lif)
+def _sparse_neuron(neuron):
+    """Our drop-in for ``neuron``: itself, or a stock neuron's copy with the default band
+    that shares its Parameters and buffers (the model is not modified)."""
+    if type(neuron) not in _OURS:
+        return neuron
+    twin = copy.copy(neuron)
     for attr in ("_parameters", "_buffers", "_modules"):
-        setattr(twin, attr, dict(getattr(lif, attr)))
-    return _to_sparse_leaky(twin, _band(lif))
+        setattr(twin, attr, dict(getattr(neuron, attr)))
+    return _to_ours(twin, _band(neuron))
 
 
 def _modules(model):
@@ -296,8 +304,9 @@ def fuse(model, backward="sparse", stateless=()):
     * any other ``nn.Conv2d`` (with ``backward="sparse"``): the same sparse backward as
       :class:`SpikingConv2d`'s convolution — ∂W over its input spikes, ∂X only inside
       the upstream band (a MaxPool between it and the neuron, as in tutorial 6, is fine).
-    * any other ``Leaky``: ``Leaky.forward_sequence`` (a stock one runs as our Leaky with
-      the default band, sharing its Parameters; the model is not modified).
+    * any other ``Leaky``, and every ``Synaptic``: its ``forward_sequence`` (a stock one
+      runs as our drop-in with the default band, sharing its Parameters; the model is not
+      modified). A last ``Synaptic(output=True)`` returns ``(spk, syn, mem)``.
     * Linear, Conv1d/Conv2d, Max/Avg pooling (also adaptive), Dropout (1d/2d), Flatten,
       Unflatten, Identity and the module types in ``stateless``: one call on all ``T·B``
       samples. Values equal ``T`` calls; Dropout draws its masks in another order, so
@@ -309,7 +318,7 @@ def fuse(model, backward="sparse", stateless=()):
     A stock ``snntorch.Leaky`` gets the sparse default band ``surrogate.DEFAULT_B_TH`` (as
     :func:`sparsify` gives it); ``backward="dense"`` keeps snnTorch's dense gradient.
     Anything else (recurrent neurons, other snnTorch neurons, custom modules) is a
-    ValueError naming the layer.
+    ValueError naming the layer and what to do.
 
     Args:
         model: the ``nn.Sequential``; neurons need ``init_hidden=True`` and only the last
@@ -346,10 +355,13 @@ def fuse(model, backward="sparse", stateless=()):
         last = i + 1 == len(mods)
         nxt = None if last else mods[i + 1]
         if isinstance(m, snntorch.SpikingNeuron):
-            if type(m) not in (snntorch.Leaky, Leaky):
+            if type(m) not in _NEURONS:
                 raise _unsupported(i, m, f"{type(m).__name__} has no whole-sequence form; "
-                                   "fuse supports snntorch.Leaky and snntorch_sparse.Leaky "
-                                   "(run this model per step)")
+                                   "fuse supports Leaky and Synaptic (snnTorch's or ours); "
+                                   "run this model per step")
+            if backward == "rate" and isinstance(m, (snntorch.Synaptic, Synaptic)):
+                raise _unsupported(i, m, "backward='rate' is not defined for Synaptic; use "
+                                   "'sparse' or 'dense'")
             _check_neuron(i, m, last)
             layers.append(_NeuronSequence(_sparse_neuron(m), backward, bool(m.output)))
             output = bool(m.output)

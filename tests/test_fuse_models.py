@@ -198,3 +198,24 @@ def test_conv1d_and_pooling_1d(gen):
     ).to(DT), gen, shift=0.2)
     x = (torch.rand(11, 3, 2, 8, generator=gen) < 0.4).to(DT)
     _compare(model, fuse(model), x, gen)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: snn.Synaptic(alpha=0.75, beta=0.5, b_th=0.3, **kw),
+    lambda **kw: snntorch.Synaptic(alpha=0.75, beta=0.5, **kw),
+])
+def test_synaptic_neurons_run_their_sequence_form(gen, make):
+    model = _grid(nn.Sequential(
+        nn.Conv2d(1, 3, 3), make(init_hidden=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 4),
+        make(init_hidden=True, output=True)).to(DT), gen, shift=0.2)
+    fused = fuse(model)
+    stages = [m for m in fused.layers if type(m).__name__ == "_NeuronSequence"]
+    assert all(isinstance(m.neuron, snn.Synaptic) for m in stages)
+    x = (torch.rand(10, 2, 1, 6, 6, generator=gen) < 0.4).to(DT)
+    spk, syn, mem = fused(x)
+    want = _per_step(model, x)
+    assert torch.equal(spk, want[0]) and torch.equal(syn, want[1]) and torch.equal(mem, want[2])
+    if isinstance(model[1], snn.Synaptic):  # the same band per step and fused
+        _compare(model, fused, x, gen)
+    with pytest.raises(ValueError, match="layer 1 .*rate.*Synaptic"):
+        fuse(model, backward="rate")

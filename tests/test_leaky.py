@@ -239,8 +239,8 @@ def test_one_import_switch():
     listed = dir(snn)
     assert {"Leaky", "SpikingLinear", "sparsify", "surrogate", "fuse", "Synaptic", "utils",
             "functional", "spikegen"} <= set(listed)
-    assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingLinear", "Synaptic", "fuse",
-                                "sparsify", "surrogate"}
+    assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear",
+                                "Synaptic", "fuse", "sparsify", "surrogate"}
 
 
 def test_default_is_atan_with_band():
