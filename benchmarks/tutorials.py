@@ -18,7 +18,9 @@ Each model and training loop follows the snnTorch tutorial it is named after
 Only the import differs between variants: ``stock`` builds the model with ``import
 snntorch as snn``; ``switched`` with ``import snntorch_sparse as snn`` (the package's
 default band); ``b_th=...`` variants build it stock and :func:`snntorch_sparse.sparsify`
-it with that band (``0.2`` is the paper's fixed band, the default before adaptive bands).
+it with that band (``0.2`` is the paper's fixed band, the default before adaptive bands);
+``fused`` / ``fused-dense`` (the CSNNs) build it stock and replace the per-step loop by one
+call of ``snntorch_sparse.fuse(net)`` (``backward="dense"``) on ``[T, B, ...]``.
 
 Data is synthetic, of the tutorials' shapes: each class has a random prototype (MNIST:
 a sparse stroke-like pixel mask; N-MNIST: per-pixel event rates) plus noise, so a model
@@ -42,7 +44,7 @@ from snntorch import functional as SF
 from torch import nn
 
 import snntorch_sparse
-from snntorch_sparse import metrics
+from snntorch_sparse import bench_csnn, metrics
 
 # Sizes: (batch, steps) full as in the tutorials, quick for CI.
 SIZES = {
@@ -70,31 +72,8 @@ LR = {"tutorial5": 5e-4, "tutorial6": 1e-2, "tutorial7": 2e-2, "population": 2e-
 
 
 # ----------------------------------------------------------------------------- data
-def mnist_like(batch, seed, n_batches):
-    """``n_batches`` of ``([B, 1, 28, 28] in [0, 1], labels)`` from 10 class prototypes."""
-    g = torch.Generator().manual_seed(1234)
-    protos = (torch.rand(10, 1, 28, 28, generator=g) < 0.18).float()
-    g.manual_seed(seed)
-    out = []
-    for _ in range(n_batches):
-        y = torch.randint(0, 10, (batch,), generator=g)
-        x = (protos[y] * (0.6 + 0.4 * torch.rand(batch, 1, 28, 28, generator=g))
-             * (torch.rand(batch, 1, 28, 28, generator=g) > 0.2))
-        out.append((x, y))
-    return out
-
-
-def nmnist_like(batch, steps, seed, n_batches):
-    """``n_batches`` of event frames ``[T, B, 2, 34, 34]`` (0/1 counts) and labels."""
-    g = torch.Generator().manual_seed(4321)
-    rates = 0.08 * (torch.rand(10, 2, 34, 34, generator=g) < 0.15).float()
-    g.manual_seed(seed)
-    out = []
-    for _ in range(n_batches):
-        y = torch.randint(0, 10, (batch,), generator=g)
-        x = (torch.rand(steps, batch, 2, 34, 34, generator=g) < rates[y]).float()
-        out.append((x, y))
-    return out
+# MNIST-like images and N-MNIST-like event frames: the package's CSNN benchmark data.
+mnist_like, nmnist_like = bench_csnn.mnist_like, bench_csnn.nmnist_like
 
 
 # ----------------------------------------------------------------------------- models
@@ -126,27 +105,11 @@ def tutorial5(snn, steps):
 
 
 def tutorial6(snn, steps):
-    spike_grad = surrogate.fast_sigmoid(slope=25)
-    beta = 0.5
-    return nn.Sequential(nn.Conv2d(1, 12, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Conv2d(12, 64, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True,
-                                   output=True))
+    return bench_csnn.tutorial6(snn)
 
 
 def tutorial7(snn, steps):
-    spike_grad = surrogate.atan()
-    beta = 0.5
-    return nn.Sequential(nn.Conv2d(2, 12, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Conv2d(12, 32, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Flatten(), nn.Linear(32 * 5 * 5, 10),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True,
-                                   output=True))
+    return bench_csnn.tutorial7(snn)
 
 
 def population(snn, steps):
@@ -179,7 +142,15 @@ def train(name, variant, iters, size="quick", seed=0, batch=None):
     ``batch`` overrides the size's batch (the steps stay the tutorial's)."""
     batch, steps = batch or SIZES[name][size][0], SIZES[name][size][1]
     torch.manual_seed(seed)
-    if variant == "stock":
+    fused = None
+    if variant in ("fused", "fused-dense"):
+        if name not in ("tutorial6", "tutorial7"):
+            raise ValueError(f"variant {variant!r} is for the nn.Sequential CSNNs "
+                             "(tutorial6, tutorial7)")
+        net = MODELS[name](snntorch, steps)  # stock, then one call: fuse(net)
+        fused = snntorch_sparse.fuse(net, backward="dense" if variant == "fused-dense"
+                                     else "sparse")
+    elif variant == "stock":
         net = MODELS[name](snntorch, steps)
     elif variant == "switched":
         net = MODELS[name](snntorch_sparse, steps)
@@ -215,14 +186,18 @@ def train(name, variant, iters, size="quick", seed=0, batch=None):
                 for step in range(steps):
                     loss_val += loss(mem_rec[step], targets)
             else:
-                spk_rec = forward_pass(net, steps, data)
+                if fused is None:
+                    spk_rec = forward_pass(net, steps, data)
+                else:  # the per-step loop replaced by one call on [T, B, ...]
+                    seq = data.unsqueeze(0).expand(steps, *data.shape) if data.dim() == 4 else data
+                    spk_rec = fused(seq)[0]
                 loss_val = loss_fn(spk_rec, targets)
             optimizer.zero_grad()
             loss_val.backward()
             optimizer.step()
             losses.append(loss_val.item())
     seconds = time.perf_counter() - start
-    bands = [] if variant == "stock" else metrics.band_report(net)
+    bands = [] if variant == "stock" else metrics.band_report(fused or net)
     return {"model": name, "variant": variant, "size": size, "iters": iters,
             "loss_start": losses[0], "loss_end": sum(losses[-3:]) / len(losses[-3:]),
             "losses": losses, "seconds": seconds, "bands": bands}

@@ -210,8 +210,9 @@ def _step(fn, x, y, loss_fn, params, sync):
 
 
 def peak_rss_growth(name, method, steps, batch, b_th):
-    """Peak memory of one training step of ``method`` in a fresh process (CPU): the growth
-    of the process's peak RSS over the step, after building the model and its input."""
+    """Peak memory of one training step of ``method`` in a fresh process (CPU, Linux): the
+    growth of the process's peak RSS over the step, after building the model and its
+    input."""
     code = ("import json,sys; from snntorch_sparse import bench_csnn as b; "
             f"print(json.dumps(b._peak_child({name!r}, {method!r}, {steps}, {batch}, {b_th})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -221,16 +222,21 @@ def peak_rss_growth(name, method, steps, batch, b_th):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _peak_child(name, method, steps, batch, b_th):
-    import resource
+def _peak_rss():
+    """This process's peak RSS in bytes (``VmHWM``: unlike ``ru_maxrss``, which a child
+    inherits from its parent across fork/exec, it starts afresh in a new process)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb * 1024
 
+
+def _peak_child(name, method, steps, batch, b_th):
     net, x, y, loss_fn = problem(name, steps, batch)
     fns, _ = implementations(net, b_th)
     x = x.contiguous()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _peak_rss()
     loss_fn(fns[method](x), y).backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return after - before
+    return _peak_rss() - before
 
 
 def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
@@ -259,7 +265,7 @@ def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
         row = {"method": m, "fwd_ms": fwd, "bwd_ms": bwd, "step_ms": fwd + bwd,
                "kept_bytes": kept, "loss": loss, "floor_ms": floor_macs / rate * 1e3,
                "floor_gmacs": floor_macs / 1e9}
-        if peak and device.type == "cpu":
+        if peak and device.type == "cpu" and os.path.exists("/proc/self/status"):
             row["peak_bytes"] = peak_rss_growth(name, m, steps, batch, b_th)
         rows.append(row)
     base = rows[0]
