@@ -182,6 +182,23 @@ def test_conv_dw_spikes_larger(device, gen, dtype):
     check_dw(device, args, x, TOL[dtype])
 
 
+@pytest.mark.parametrize("threads", [1, 3, 5])
+@pytest.mark.parametrize("R", [1, 2, 7])
+def test_conv_dw_spikes_thread_splits(gen, threads, R):
+    """The CPU op cuts the samples (and, with fewer samples than threads, the channels) into
+    tasks with their own accumulators: every cut gives the same sums."""
+    args, x = dw_case(GEOMETRIES["groups2"], R, 0.3, True, torch.float64, gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.conv_dw_spikes(*args)
+    finally:
+        torch.set_num_threads(before)
+    delta, colptr, rows, xvals = args[:4]
+    magnitude = ref.conv_dw_spikes(delta.abs(), colptr, rows, xvals.abs(), *args[4:])
+    assert_sum(out, ref.conv_dw_spikes(*args), magnitude, TOL[torch.float64])
+
+
 def test_conv_dw_spikes_repeated_entries_add_up(device, gen):
     """A nonzero listed twice counts twice (as nonzero_csc never does, but the format allows)."""
     delta = randn((2, 3, 4, 4), gen, torch.float64)
@@ -256,14 +273,16 @@ def test_opcheck(device, gen, op):
 
 # ------------------------------------------------------------------------- errors
 def bad_call_cases():
-    """``(op, args, the argument the message must name)``: each a valid call with one defect.
-    The CUDA ops skip out-of-range indices in the kernel instead (a host check would need a
-    device sync), so the cases in ``HOST_DATA`` are CPU-only."""
+    """``(op, args, the argument the message must name, CPU only)``: each a valid call with one
+    defect. The CPU checks the index data too; the CUDA kernels skip out-of-range indices
+    instead (a host check would need a device sync) and do not need sorted rows."""
     f64, i32, i64 = torch.float64, torch.int32, torch.int64
     delta = torch.zeros(2, 4, 3, 3, dtype=f64)  # C_in 2, H = W = 5, kernel 3x3, groups 2
     colptr, rows = torch.zeros(51, dtype=i64), torch.zeros(0, dtype=i32)
     colptr_one = colptr.clone()
     colptr_one[1:] = 1
+    colptr_two = colptr.clone()
+    colptr_two[1:] = 2
     e = torch.empty(0, dtype=f64)
     geo = ([2, 5, 5], [3, 3], [1, 1], [0, 0], [1, 1], 2)
 
@@ -287,7 +306,8 @@ def bad_call_cases():
         (*dw(delta=torch.zeros(2, 4, 4, 3, dtype=f64)), "delta"),  # Ho must be 3
         (*dw(colptr=colptr[:-1]), "colptr"),
         (*dw(colptr=colptr.int()), "colptr"),
-        (*dw(colptr=colptr_one, rows=torch.full((1,), 2, dtype=i32)), "rows"),  # R = 2: HOST_DATA
+        (*dw(colptr=colptr_one, rows=torch.full((1,), 2, dtype=i32)), "rows", True),  # R = 2
+        (*dw(colptr=colptr_two, rows=torch.tensor([1, 0], dtype=i32)), "rows", True),  # unsorted
         (*dw(colptr=colptr_one, rows=torch.zeros(1, dtype=i64)), "rows"),
         (*dw(colptr=colptr_one, rows=torch.zeros(1, dtype=i32), xvals=torch.zeros(2, dtype=f64)),
          "xvals"),
@@ -316,14 +336,11 @@ def bad_call_cases():
     ]
 
 
-HOST_DATA = {5}
-
-
 @pytest.mark.parametrize("case", range(len(bad_call_cases())))
 def test_bad_arguments_name_the_argument(device, case):
-    if device == "cuda" and case in HOST_DATA:
-        pytest.skip("CUDA skips out-of-range indices in the kernel")
-    op, args, name = bad_call_cases()[case]
+    op, args, name, *cpu_only = bad_call_cases()[case]
+    if device == "cuda" and cpu_only:
+        pytest.skip("the CUDA ops do not check index data on the host")
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
     with pytest.raises(RuntimeError, match=f"`{name}`"):
         getattr(ops, op)(*args)
