@@ -14,11 +14,10 @@ import math
 
 import pytest
 import torch
+from conftest import needs_cuda
 
 from snntorch_sparse import _ops
 from snntorch_sparse import reference as ref
-
-from conftest import needs_cuda
 
 ops = _ops.ops
 
@@ -76,7 +75,8 @@ def call(op, device, *args):
     del poison
     out = getattr(ops, op)(*dev)
     for a, b in zip([a for a in dev if isinstance(a, torch.Tensor)], before):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=f"{op} modified an input")
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                   msg=f"{op} modified an input")
     return out.cpu()
 
 
@@ -91,7 +91,7 @@ def assert_sum(out, exp, magnitude, tol):
 
 def dw_case(geometry, R, density, valued, dtype, gen):
     """``(args of conv_dw_spikes, dense input x)``, the input in nonzero_csc's form."""
-    C_in, H, W, C_out, kernel, stride, padding, dilation, groups = geometry
+    C_in, H, W, _, kernel, stride, padding, dilation, groups = geometry
     x = spikes((R, C_in, H, W), density, gen, dtype, valued)
     delta = randn((R, *out_shape(*geometry)), gen, dtype)
     colptr, rows, xvals = ops.nonzero_csc(x.reshape(R, -1), 1.0)
@@ -120,7 +120,7 @@ def check_dw(device, args, x, tol):
 
 
 def check_dx(device, args, m, tol):
-    delta, weight, bits, in_shape, stride, padding, dilation, groups = args
+    delta, weight, _, in_shape, stride, padding, dilation, groups = args
     out = call("conv_dx_masked", device, *args)
     assert not out[~m].any(), "nonzero outside the mask"
     magnitude = ref.conv_dx_masked(delta.abs(), weight.abs(), *args[2:])
@@ -178,7 +178,8 @@ def test_conv_dw_spikes(device, gen, dtype, geometry, R, density, valued):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_dw_spikes_larger(device, gen, dtype):
     """Many channels and samples: several threads (CPU) or blocks (CUDA) share the work."""
-    args, x = dw_case((16, 16, 16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1), 8, 0.05, True, dtype, gen)
+    geometry = (16, 16, 16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    args, x = dw_case(geometry, 8, 0.05, True, dtype, gen)
     check_dw(device, args, x, TOL[dtype])
 
 
@@ -187,7 +188,7 @@ def test_conv_dw_spikes_larger(device, gen, dtype):
 def test_conv_dw_spikes_thread_splits(gen, threads, R):
     """The CPU op cuts the samples (and, with fewer samples than threads, the channels) into
     tasks with their own accumulators: every cut gives the same sums."""
-    args, x = dw_case(GEOMETRIES["groups2"], R, 0.3, True, torch.float64, gen)
+    args, _ = dw_case(GEOMETRIES["groups2"], R, 0.3, True, torch.float64, gen)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -369,13 +370,13 @@ def test_cuda_half_precision(gen, dtype, geometry):
     """16-bit inputs, float accumulation: the float64 reference on the same (rounded) values,
     within rounding the result to the dtype plus float32 sums of Σ|terms|."""
     unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8
-    (delta, colptr, rows, xvals, *rest), x = dw_case(GEOMETRIES[geometry], 6, 0.3, True, dtype, gen)
+    (delta, colptr, rows, xvals, *rest), _ = dw_case(GEOMETRIES[geometry], 6, 0.3, True, dtype, gen)
     out = ops.conv_dw_spikes(delta.cuda(), colptr.cuda(), rows.cuda(), xvals.cuda(), *rest)
     args64 = (delta.double(), colptr, rows, xvals.double(), *rest)
     magnitude = ref.conv_dw_spikes(delta.double().abs(), colptr, rows, xvals.double().abs(), *rest)
     assert out.dtype == dtype
     assert_sum(out.double().cpu(), ref.conv_dw_spikes(*args64), magnitude, unit + 1e-5)
-    (delta, weight, bits, *rest), m = dx_case(GEOMETRIES[geometry], 6, 0.3, dtype, gen)
+    (delta, weight, bits, *rest), _ = dx_case(GEOMETRIES[geometry], 6, 0.3, dtype, gen)
     out = ops.conv_dx_masked(delta.cuda(), weight.cuda(), bits.cuda(), *rest)
     magnitude = ref.conv_dx_masked(delta.double().abs(), weight.double().abs(), bits, *rest)
     assert out.dtype == dtype
