@@ -431,7 +431,8 @@ def conv_dw_spikes(delta, colptr, rows, xvals, in_shape, kernel, stride, padding
 
     = ``torch.nn.grad.conv2d_weight(X, ...)``; ``C_g = C_in/groups``. ``Δ`` is ``[R, C_out,
     Ho, Wo]``; ``X`` (``[R, C_in, H, W]``, ``in_shape = [C_in, H, W]``) is the CSC of
-    ``X.reshape(R, C_in·H·W)`` given by :func:`nonzero_csc` (repeated entries add up).
+    ``X.reshape(R, C_in·H·W)`` given by :func:`nonzero_csc`: rows ascending within a column
+    (the CPU kernel requires it), repeated entries add up.
     Returns ``[C_out, C_in/groups, kH, kW]`` (torch's weight layout).
     """
     _check_conv_delta("conv_dw_spikes", delta, in_shape, kernel, stride, padding, dilation)
@@ -450,8 +451,8 @@ def conv_dx_masked(delta, weight, bits, in_shape, stride, padding, dilation, gro
     """Op ``conv_dx_masked``: the input gradient of a 2-D convolution (``conv_transpose(Δ, W)``)
     where the upstream layer's band bit is set, else exactly 0 (eq. 12):
 
-        ∂X[r, c, y, x] = Σ_{o in the group of c, ky, kx} Δ[r, o, oy, ox]·W[o, c mod C_g, ky, kx]
-            with oy, ox as in :func:`conv_dw_spikes`, if bit r·C_in·H·W + (c·H + y)·W + x is set
+        ∂X[r, c, y, x] = Σ_{o in c's group, ky, kx} Δ[r, o, oy, ox]·W[o, c mod C_g, ky, kx]
+            (oy, ox as in :func:`conv_dw_spikes`) if bit r·C_in·H·W + (c·H + y)·W + x is set
 
     = ``torch.nn.grad.conv2d_input([R, *in_shape], W, Δ, ...)`` masked; ``W`` is
     ``[C_out, C_in/groups, kH, kW]``, ``bits`` packed as :func:`pack_bits`.

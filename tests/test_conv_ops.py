@@ -14,11 +14,10 @@ import math
 
 import pytest
 import torch
+from conftest import needs_cuda
 
 from snntorch_sparse import _ops
 from snntorch_sparse import reference as ref
-
-from conftest import needs_cuda
 
 ops = _ops.ops
 
@@ -76,7 +75,8 @@ def call(op, device, *args):
     del poison
     out = getattr(ops, op)(*dev)
     for a, b in zip([a for a in dev if isinstance(a, torch.Tensor)], before):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=f"{op} modified an input")
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                   msg=f"{op} modified an input")
     return out.cpu()
 
 
@@ -91,7 +91,7 @@ def assert_sum(out, exp, magnitude, tol):
 
 def dw_case(geometry, R, density, valued, dtype, gen):
     """``(args of conv_dw_spikes, dense input x)``, the input in nonzero_csc's form."""
-    C_in, H, W, C_out, kernel, stride, padding, dilation, groups = geometry
+    C_in, H, W, _, kernel, stride, padding, dilation, groups = geometry
     x = spikes((R, C_in, H, W), density, gen, dtype, valued)
     delta = randn((R, *out_shape(*geometry)), gen, dtype)
     colptr, rows, xvals = ops.nonzero_csc(x.reshape(R, -1), 1.0)
@@ -120,7 +120,7 @@ def check_dw(device, args, x, tol):
 
 
 def check_dx(device, args, m, tol):
-    delta, weight, bits, in_shape, stride, padding, dilation, groups = args
+    delta, weight, _, in_shape, stride, padding, dilation, groups = args
     out = call("conv_dx_masked", device, *args)
     assert not out[~m].any(), "nonzero outside the mask"
     magnitude = ref.conv_dx_masked(delta.abs(), weight.abs(), *args[2:])
@@ -178,8 +178,26 @@ def test_conv_dw_spikes(device, gen, dtype, geometry, R, density, valued):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_dw_spikes_larger(device, gen, dtype):
     """Many channels and samples: several threads (CPU) or blocks (CUDA) share the work."""
-    args, x = dw_case((16, 16, 16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1), 8, 0.05, True, dtype, gen)
+    geometry = (16, 16, 16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    args, x = dw_case(geometry, 8, 0.05, True, dtype, gen)
     check_dw(device, args, x, TOL[dtype])
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+@pytest.mark.parametrize("R", [1, 2, 7])
+def test_conv_dw_spikes_thread_splits(gen, threads, R):
+    """The CPU op cuts the samples (and, with fewer samples than threads, the channels) into
+    tasks with their own accumulators: every cut gives the same sums."""
+    args, _ = dw_case(GEOMETRIES["groups2"], R, 0.3, True, torch.float64, gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.conv_dw_spikes(*args)
+    finally:
+        torch.set_num_threads(before)
+    delta, colptr, rows, xvals = args[:4]
+    magnitude = ref.conv_dw_spikes(delta.abs(), colptr, rows, xvals.abs(), *args[4:])
+    assert_sum(out, ref.conv_dw_spikes(*args), magnitude, TOL[torch.float64])
 
 
 def test_conv_dw_spikes_repeated_entries_add_up(device, gen):
@@ -256,14 +274,16 @@ def test_opcheck(device, gen, op):
 
 # ------------------------------------------------------------------------- errors
 def bad_call_cases():
-    """``(op, args, the argument the message must name)``: each a valid call with one defect.
-    The CUDA ops skip out-of-range indices in the kernel instead (a host check would need a
-    device sync), so the cases in ``HOST_DATA`` are CPU-only."""
+    """``(op, args, the argument the message must name, CPU only)``: each a valid call with one
+    defect. The CPU checks the index data too; the CUDA kernels skip out-of-range indices
+    instead (a host check would need a device sync) and do not need sorted rows."""
     f64, i32, i64 = torch.float64, torch.int32, torch.int64
     delta = torch.zeros(2, 4, 3, 3, dtype=f64)  # C_in 2, H = W = 5, kernel 3x3, groups 2
     colptr, rows = torch.zeros(51, dtype=i64), torch.zeros(0, dtype=i32)
     colptr_one = colptr.clone()
     colptr_one[1:] = 1
+    colptr_two = colptr.clone()
+    colptr_two[1:] = 2
     e = torch.empty(0, dtype=f64)
     geo = ([2, 5, 5], [3, 3], [1, 1], [0, 0], [1, 1], 2)
 
@@ -287,7 +307,8 @@ def bad_call_cases():
         (*dw(delta=torch.zeros(2, 4, 4, 3, dtype=f64)), "delta"),  # Ho must be 3
         (*dw(colptr=colptr[:-1]), "colptr"),
         (*dw(colptr=colptr.int()), "colptr"),
-        (*dw(colptr=colptr_one, rows=torch.full((1,), 2, dtype=i32)), "rows"),  # R = 2: HOST_DATA
+        (*dw(colptr=colptr_one, rows=torch.full((1,), 2, dtype=i32)), "rows", True),  # R = 2
+        (*dw(colptr=colptr_two, rows=torch.tensor([1, 0], dtype=i32)), "rows", True),  # unsorted
         (*dw(colptr=colptr_one, rows=torch.zeros(1, dtype=i64)), "rows"),
         (*dw(colptr=colptr_one, rows=torch.zeros(1, dtype=i32), xvals=torch.zeros(2, dtype=f64)),
          "xvals"),
@@ -316,14 +337,11 @@ def bad_call_cases():
     ]
 
 
-HOST_DATA = {5}
-
-
 @pytest.mark.parametrize("case", range(len(bad_call_cases())))
 def test_bad_arguments_name_the_argument(device, case):
-    if device == "cuda" and case in HOST_DATA:
-        pytest.skip("CUDA skips out-of-range indices in the kernel")
-    op, args, name = bad_call_cases()[case]
+    op, args, name, *cpu_only = bad_call_cases()[case]
+    if device == "cuda" and cpu_only:
+        pytest.skip("the CUDA ops do not check index data on the host")
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
     with pytest.raises(RuntimeError, match=f"`{name}`"):
         getattr(ops, op)(*args)
@@ -352,13 +370,13 @@ def test_cuda_half_precision(gen, dtype, geometry):
     """16-bit inputs, float accumulation: the float64 reference on the same (rounded) values,
     within rounding the result to the dtype plus float32 sums of Σ|terms|."""
     unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8
-    (delta, colptr, rows, xvals, *rest), x = dw_case(GEOMETRIES[geometry], 6, 0.3, True, dtype, gen)
+    (delta, colptr, rows, xvals, *rest), _ = dw_case(GEOMETRIES[geometry], 6, 0.3, True, dtype, gen)
     out = ops.conv_dw_spikes(delta.cuda(), colptr.cuda(), rows.cuda(), xvals.cuda(), *rest)
     args64 = (delta.double(), colptr, rows, xvals.double(), *rest)
     magnitude = ref.conv_dw_spikes(delta.double().abs(), colptr, rows, xvals.double().abs(), *rest)
     assert out.dtype == dtype
     assert_sum(out.double().cpu(), ref.conv_dw_spikes(*args64), magnitude, unit + 1e-5)
-    (delta, weight, bits, *rest), m = dx_case(GEOMETRIES[geometry], 6, 0.3, dtype, gen)
+    (delta, weight, bits, *rest), _ = dx_case(GEOMETRIES[geometry], 6, 0.3, dtype, gen)
     out = ops.conv_dx_masked(delta.cuda(), weight.cuda(), bits.cuda(), *rest)
     magnitude = ref.conv_dx_masked(delta.double().abs(), weight.double().abs(), bits, *rest)
     assert out.dtype == dtype

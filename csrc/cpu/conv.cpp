@@ -3,8 +3,10 @@
 //
 // Both read delta channels-last ([Ho, Wo, C_out] per sample) and the weight as
 // [C_in/groups, kH, kW, C_out], so that the innermost loop runs over the contiguous output
-// channels of a group. Every output element belongs to one thread (input channel c for the
-// weight gradient, sample r for the input gradient): no atomics.
+// channels of a group. No atomics: a weight-gradient task accumulates into its own buffer
+// (summed at the end), and each sample's input gradient belongs to one thread.
+// The workers do not throw (see SNN_VECTOR_CLONES): inputs are checked, and scratch
+// allocated, before they run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -44,36 +46,59 @@ inline int64_t taps_of(const ConvGeometry& g, int64_t y, int64_t x, int64_t* tap
 }
 
 // ------------------------------------------------------------------- conv_dw_spikes
-// Input channel c of conv_dw_spikes: acc[tap, o] (o over the group's output channels) sums
-// x * delta_t[r, pos, o] over the channel's nonzeros and their taps, then lands in
-// out[o, c mod cin_g, tap], which no other channel writes.
-// delta_t: delta as [R, Ho*Wo, C_out]. Scratch: acc (kH*kW*cout_g), tap and pos (kH*kW).
+// The samples are cut into one range per thread, each with its own accumulator (summed at the
+// end), so a thread reads only its samples' delta. When there are fewer samples than threads,
+// the channels are cut as well (their accumulator slices are disjoint). A task sweeps its
+// samples in tiles of this many bytes of delta, transposed into a cache-resident buffer that
+// all its channels then read.
+constexpr int64_t kTileBytes = 512 << 10;
+
+// Task (samples [r0, r1), channels [c0, c1)) of conv_dw_spikes: acc[c, tap, o] (o over c's
+// group) += x * delta[r, o, pos] over the nonzeros (r, c, y, x) and the taps (tap, pos) of
+// (y, x). Scratch: tile (tile_rows * C_out*Ho*Wo), next (one entry per input column), tap and
+// pos (kH*kW).
 template <typename T>
-SNN_VECTOR_CLONES void conv_dw_channel(const T* delta_t, const int64_t* colptr, const int32_t* rows,
-                                       const T* xvals, const ConvGeometry& g, int64_t c, T* out,
-                                       T* acc, int64_t* tap, int64_t* pos) {
-  const int64_t K = g.kH * g.kW, n = g.cout_g, grp = c / g.cin_g;
-  std::fill(acc, acc + K * n, T(0));
-  const T* group_delta = delta_t + grp * n;
-  for (int64_t y = 0; y < g.H; ++y) {
-    for (int64_t x = 0; x < g.W; ++x) {
-      const int64_t i = (c * g.H + y) * g.W + x;
-      if (colptr[i] == colptr[i + 1]) continue;
-      const int64_t nt = taps_of(g, y, x, tap, pos);
-      for (int64_t k = colptr[i]; k < colptr[i + 1]; ++k) {
-        const T v = xvals ? xvals[k] : T(1);
-        const T* d = group_delta + rows[k] * g.out_sample;
-        for (int64_t t = 0; t < nt; ++t) {
-          T* __restrict a = acc + tap[t] * n;
-          const T* __restrict s = d + pos[t] * g.C_out;
-          for (int64_t o = 0; o < n; ++o) a[o] += v * s[o];
+SNN_VECTOR_CLONES void conv_dw_task(const T* delta, const int64_t* colptr, const int32_t* rows,
+                                    const T* xvals, const ConvGeometry& g, int64_t r0, int64_t r1,
+                                    int64_t c0, int64_t c1, int64_t tile_rows, T* acc, T* tile,
+                                    int64_t* next, int64_t* tap, int64_t* pos) {
+  const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+  // Rows ascend within a column: skip those of earlier tasks' samples.
+  for (int64_t i = c0 * HW; i < c1 * HW; ++i)
+    next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], r0) - rows;
+  // Only the output channels of the task's groups are read.
+  const int64_t o0 = c0 / g.cin_g * n, o1 = ((c1 - 1) / g.cin_g + 1) * n;
+  for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
+    const int64_t t1 = std::min(r1, t0 + tile_rows);
+    for (int64_t r = t0; r < t1; ++r) {  // tile[r - t0, p, o] = delta[r, o, p]
+      const T* d = delta + r * g.out_sample;
+      T* t = tile + (r - t0) * g.out_sample;
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t p = 0; p < HoWo; ++p) t[p * g.C_out + o] = d[o * HoWo + p];
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* group_tile = tile + c / g.cin_g * n;
+      T* acc_c = acc + c * K * n;
+      for (int64_t y = 0; y < g.H; ++y) {
+        for (int64_t x = 0; x < g.W; ++x) {
+          const int64_t i = (c * g.H + y) * g.W + x, end = colptr[i + 1];
+          int64_t k = next[i];
+          if (k == end || rows[k] >= t1) continue;
+          const int64_t nt = taps_of(g, y, x, tap, pos);
+          for (; k < end && rows[k] < t1; ++k) {
+            const T v = xvals ? xvals[k] : T(1);
+            const T* d = group_tile + (rows[k] - t0) * g.out_sample;
+            for (int64_t j = 0; j < nt; ++j) {
+              T* __restrict a = acc_c + tap[j] * n;
+              const T* __restrict s = d + pos[j] * g.C_out;
+              for (int64_t o = 0; o < n; ++o) a[o] += v * s[o];
+            }
+          }
+          next[i] = k;
         }
       }
     }
   }
-  const int64_t cl = c % g.cin_g;
-  for (int64_t o = 0; o < n; ++o)
-    for (int64_t t = 0; t < K; ++t) out[((grp * n + o) * g.cin_g + cl) * K + t] = acc[t * n + o];
 }
 
 Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor& rows,
@@ -86,23 +111,39 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
       conv_geometry(delta_in.sizes(), in_shape, kernel, stride, padding, dilation, groups, op);
   check_compressed(colptr, rows, g.chw, g.R, op, "colptr", "rows");
   check_xvals(xvals_in, delta_in, rows.numel(), op, "delta");
-  Tensor out = at::empty({g.C_out, g.cin_g, g.kH, g.kW}, delta_in.options());
-  if (g.weight_numel == 0) return out;
-  const Tensor delta_t = delta_in.permute({0, 2, 3, 1}).contiguous(), cp = colptr.contiguous(),
-               rw = rows.contiguous(), xvals = xvals_in.contiguous();
+  const Tensor cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
+  const int64_t* pp = cp.const_data_ptr<int64_t>();
+  const int32_t* rr = rw.const_data_ptr<int32_t>();
+  for (int64_t i = 0; i < g.chw; ++i)  // the tasks find their samples by binary search
+    for (int64_t k = pp[i] + 1; k < pp[i + 1]; ++k)
+      TORCH_CHECK(rr[k - 1] <= rr[k], op, ": `rows` must be ascending within each column (as ",
+                  "nonzero_csc gives them), column ", i, " is not");
+  if (g.weight_numel == 0 || rows.numel() == 0)
+    return at::zeros({g.C_out, g.cin_g, g.kH, g.kW}, delta_in.options());
+  const Tensor delta = delta_in.contiguous();
+  const int64_t threads = at::get_num_threads();
+  const int64_t n_r = std::min(g.R, threads);
+  const int64_t n_c = std::min(g.C_in, (threads + n_r - 1) / n_r);
+  const int64_t tile_rows = std::max<int64_t>(1, kTileBytes / (g.out_sample * delta.element_size()));
+  // acc[task's sample range, c, tap, o]: o innermost; summed and permuted at the end.
+  Tensor acc = at::zeros({n_r, g.groups, g.cin_g, g.kH, g.kW, g.cout_g}, delta.options());
   const int64_t K = g.kH * g.kW;
-  AT_DISPATCH_FLOATING_TYPES(delta_t.scalar_type(), "conv_dw_spikes_cpu", [&] {
-    at::parallel_for(0, g.C_in, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<scalar_t> acc(K * g.cout_g);
-      std::vector<int64_t> tap(K), pos(K);
-      for (int64_t c = c0; c < c1; ++c)
-        conv_dw_channel<scalar_t>(delta_t.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
-                                  rw.const_data_ptr<int32_t>(),
-                                  xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr, g, c,
-                                  out.mutable_data_ptr<scalar_t>(), acc.data(), tap.data(), pos.data());
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dw_spikes_cpu", [&] {
+    const scalar_t* xv = xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n_r * n_c, 1, [&](int64_t j0, int64_t j1) {
+      std::vector<scalar_t> tile(std::min(tile_rows, g.R) * g.out_sample);
+      std::vector<int64_t> next(g.chw), tap(K), pos(K);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t jr = j / n_c, jc = j % n_c;
+        conv_dw_task<scalar_t>(delta.const_data_ptr<scalar_t>(), pp, rr, xv, g, g.R * jr / n_r,
+                               g.R * (jr + 1) / n_r, g.C_in * jc / n_c, g.C_in * (jc + 1) / n_c,
+                               tile_rows, acc.mutable_data_ptr<scalar_t>() + jr * g.weight_numel,
+                               tile.data(), next.data(), tap.data(), pos.data());
+      }
     });
   });
-  return out;
+  // [groups, cin_g, kH, kW, cout_g] -> [groups*cout_g, cin_g, kH, kW]
+  return acc.sum(0).permute({0, 4, 1, 2, 3}).reshape({g.C_out, g.cin_g, g.kH, g.kW});
 }
 
 // ------------------------------------------------------------------- conv_dx_masked

@@ -93,6 +93,32 @@ inline at::Tensor index_arg(const at::Tensor& t, at::ScalarType dtype, const at:
   return t.contiguous();
 }
 
+// The CSC input of dw_spikes/dw_trace/conv_dw_spikes, checked (indices are not range-checked:
+// the kernels skip those out of range).
+struct Csc {
+  at::Tensor colptr, rows, xvals;
+  int64_t n_in, nnz;
+};
+
+inline Csc csc_arg(const at::Tensor& colptr_in, const at::Tensor& rows_in,
+                   const at::Tensor& xvals_in, const at::Tensor& first, const char* op,
+                   const char* dtype_name) {
+  Csc c;
+  c.colptr = index_arg(colptr_in, at::kLong, first, op, "colptr");
+  c.rows = index_arg(rows_in, at::kInt, first, op, "rows");
+  TORCH_CHECK(c.colptr.numel() >= 1, op, ": `colptr` must have n_in + 1 elements, got 0");
+  c.n_in = c.colptr.numel() - 1;
+  c.nnz = c.rows.numel();
+  check_same_device(xvals_in, first, op, "xvals");
+  check_same_dtype(xvals_in, first, op, "xvals", dtype_name);
+  check_dim(xvals_in, 1, op, "xvals");
+  TORCH_CHECK(xvals_in.numel() == 0 || xvals_in.numel() == c.nnz, op,
+              ": `xvals` must be empty (all ones) or have one value per entry of `rows` (", c.nnz,
+              "), got ", xvals_in.numel());
+  c.xvals = xvals_in.contiguous();
+  return c;
+}
+
 inline void check_shape_id(int64_t shape, const char* op) {
   TORCH_CHECK(shape >= FAST_SIGMOID && shape <= STRAIGHT_THROUGH, op,
               ": `shape` must be a surrogate id 0..4 (reference.SHAPES), got ", shape);
