@@ -89,10 +89,9 @@ class BandedNeuron:
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
         # γ outside the op lets autograd handle a learnable factor.
         out = spk.float() * self.graded_spikes_factor
-        band = _fused.band_of(spk)
         # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
         # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
         # it too.
-        if band is not None and not self.graded_spikes_factor.requires_grad:
-            _fused.tag_band(out, band)
-        return out
+        if self.graded_spikes_factor.requires_grad:
+            return out
+        return _fused.pass_band(spk, out)

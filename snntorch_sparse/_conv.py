@@ -20,7 +20,8 @@ multiply-adds) when the input was kept compact, else the library's dense weight
 gradient; and ``∂X = \mathrm{conv\_transpose}(Δ, W)`` only where the upstream layer's
 band is set (``ops.conv_dx_masked``, ≈ ``nnz(band)·C_out·K²/groups``) when the input is
 the band-tagged spike output of one of our layers — the upstream multiplies it by its
-surrogate, which is 0 outside its band (paper eq. 12) — else the dense transpose.
+surrogate, which is 0 outside its band (paper eq. 12) — and that band holds at most
+:data:`MASKED_DX_MAX_DENSITY` of the input; else the dense transpose.
 
 Not done (left for later): the trace form of ∂W, which would exploit the *output* band
 (it needs the neuron's ε inside this node); so ∂W is sparse only in the input spikes.
@@ -32,12 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
-from ._fused import _needs, band_of, compact_input
+from ._fused import _needs, band_of, band_size, compact_input
 from ._ops import first_order_only, ops
 
 #: An input whose share of nonzeros is at most this is kept compact and its ∂W is formed
 #: over the nonzeros; a denser one goes to the library's dense convolution gradient.
 COMPACT_INPUT_MAX_DENSITY = 0.25
+
+#: The input gradient is computed only inside the upstream band when at most this share of
+#: the input is in it; above, the library's dense transpose convolution is faster (on the
+#: 2-core CPU of docs/benchmarks.md the masked kernel breaks even near 20 %).
+MASKED_DX_MAX_DENSITY = 0.15
 
 
 @dataclass(frozen=True)
@@ -118,5 +124,8 @@ def conv_currents(x, weight, bias, geo, sparse, report=None):
     convolution, time folded into the batch), with the sparse backward when ``sparse``;
     ``x``'s band tag, if any, limits its gradient."""
     up_bits = band_of(x) if sparse else None
+    size = band_size(x)
+    if up_bits is not None and size is not None and size > MASKED_DX_MAX_DENSITY * x.numel():
+        up_bits = None
     return _ConvCurrents.apply(x.flatten(0, 1), weight, bias, up_bits, geo, sparse, report,
                                torch.is_grad_enabled())

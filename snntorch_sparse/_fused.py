@@ -194,8 +194,9 @@ def _needs(ctx, track):
     return ctx.needs_input_grad if track else (False,) * len(ctx.needs_input_grad)
 
 
-def tag_band(t, bits):
-    """Mark ``t`` as gradient-limited to the band ``bits`` (packed over ``t``'s elements).
+def tag_band(t, bits, size=None):
+    """Mark ``t`` as gradient-limited to the band ``bits`` (packed over ``t``'s elements,
+    ``size`` of them set, when known).
 
     The tag is bound to ``t``'s current version, ``grad_fn`` and data pointer:
     :func:`band_of` drops it once ``t`` is modified in place or its data is replaced
@@ -205,31 +206,49 @@ def tag_band(t, bits):
     downstream input gradient is then computed densely, the same values at the leaves.
     """
     if not torch.compiler.is_compiling():
-        t._snn_sparse_band = (bits, t.shape, t._version, t.grad_fn, t.data_ptr())
+        t._snn_sparse_band = (bits, size, t.shape, t._version, t.grad_fn, t.data_ptr())
     return t
+
+
+def _valid_tag(t):
+    """``(bits, size)`` of ``t``'s band tag, or None if untagged or stale."""
+    tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
+    if tag is None:
+        return None
+    bits, size, shape, version, grad_fn, ptr = tag
+    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
+            or t.shape != shape):
+        return None
+    return bits, size
 
 
 def band_of(t):
     """The band bits of a tensor tagged by :func:`tag_band`, or None if untagged or stale."""
-    tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
-    if tag is None:
-        return None
-    bits, shape, version, grad_fn, ptr = tag
-    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
-            or t.shape != shape):
-        return None
-    return bits
+    tag = _valid_tag(t)
+    return None if tag is None else tag[0]
+
+
+def band_size(t):
+    """The number of in-band elements of a tagged tensor, or None (untagged, stale, or
+    not recorded)."""
+    tag = _valid_tag(t)
+    return None if tag is None else tag[1]
+
+
+def pass_band(src, dst):
+    """Give ``dst`` the band tag of ``src`` (for an element-wise, order-preserving map from
+    ``src`` to ``dst``: a cast, a reshape, a scaling); returns ``dst``."""
+    tag = _valid_tag(src)
+    return dst if tag is None else tag_band(dst, *tag)
 
 
 def _cast_spikes(spk, dtype):
     """``spk`` in ``dtype``, keeping its band tag (a cast keeps which values are in band)."""
-    bits = band_of(spk)
-    out = spk.to(dtype)
-    return out if bits is None else tag_band(out, bits)
+    return pass_band(spk, spk.to(dtype))
 
 
-def _mark_band(spk, bits, nrn):
-    return tag_band(spk, bits) if nrn.banded else spk
+def _mark_band(spk, bits, vals, nrn):
+    return tag_band(spk, bits, vals.numel()) if nrn.banded else spk
 
 
 # ---------------------------------------------------------------------- lif_sequence
@@ -354,7 +373,7 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
                                               torch.is_grad_enabled())
     if stats is not None:
         stats["in_band"] = vals.numel()  # the band size, already on the host
-    return _mark_band(spk.view(cur.shape), bits, nrn), mem.view(cur.shape)
+    return _mark_band(spk.view(cur.shape), bits, vals, nrn), mem.view(cur.shape)
 
 
 # --------------------------------------------------------------------- spiking_linear
@@ -563,4 +582,4 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
         cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
     if cfg.readout:
         return mem, mem
-    return _mark_band(spk.view(mem.shape), bits, cfg.neuron), mem
+    return _mark_band(spk.view(mem.shape), bits, vals, cfg.neuron), mem

@@ -176,4 +176,5 @@ def synaptic_sequence(cur, syn0, mem0, alpha, beta, theta, *, gamma=1.0, reset=S
                                                         nrn, torch.is_grad_enabled())
     if stats is not None:
         stats["in_band"] = vals.numel()  # the band size, already on the host
-    return _mark_band(spk.view(cur.shape), bits, nrn), syn.view(cur.shape), mem.view(cur.shape)
+    return (_mark_band(spk.view(cur.shape), bits, vals, nrn), syn.view(cur.shape),
+            mem.view(cur.shape))

@@ -58,8 +58,7 @@ class _Folded(nn.Module):
     def forward(self, x):
         out = self.module(x.flatten(0, 1))
         out = out.unflatten(0, x.shape[:2])
-        bits = _fused.band_of(x) if self.keeps_band else None
-        return out if bits is None or out.numel() != x.numel() else _fused.tag_band(out, bits)
+        return _fused.pass_band(x, out) if self.keeps_band else out
 
 
 class _SparseConv(nn.Module):

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 import snntorch_sparse as snn
 from snntorch_sparse import reference as R
+from snntorch_sparse._conv import MASKED_DX_MAX_DENSITY
 from snntorch_sparse._fused import lif_sequence
 
 DT = torch.float64
@@ -154,20 +155,24 @@ def test_dense_equals_snntorch_per_step(gen, reset):
     _assert_close(*_grads(out, ref, (layer.weight, layer.bias), gen), rtol=1e-5, atol=1e-6)
 
 
-def test_input_gradient_is_masked_by_the_upstream_band(gen):
+@pytest.mark.parametrize("b_th", [0.05, 0.6])
+def test_input_gradient_is_masked_by_the_upstream_band(gen, b_th):
     """Leaky sequence → SpikingConv2d: the conv computes its input gradient only inside
-    the Leaky's band (its report says so), and the gradients at the leaves equal the
-    reference chain's."""
+    the Leaky's band when that band is narrow (its report says so), densely when it holds
+    more than MASKED_DX_MAX_DENSITY of the input; the gradients at the leaves equal the
+    reference chain's either way."""
     layer = _layer(gen, GEOMETRIES[0])
     cur = _grid(torch.rand(T, B, C_IN, H, W, generator=gen, dtype=DT) * 0.6).requires_grad_()
     beta, theta = torch.tensor(0.875, dtype=DT), torch.tensor(1.0, dtype=DT)
-    spk, _ = lif_sequence(cur, None, beta, theta, b_th=0.3)  # a float64 Leaky sequence
+    spk, _ = lif_sequence(cur, None, beta, theta, b_th=b_th)  # a float64 Leaky sequence
     out = layer(spk)
-    spk_ref, _ = R.lif_sequence(cur, torch.zeros_like(cur[0]), beta, theta, b_th=0.3)
+    spk_ref, mem_ref = R.lif_sequence(cur, torch.zeros_like(cur[0]), beta, theta, b_th=b_th)
     ref = _reference(layer, spk_ref)
     assert torch.equal(out, ref)
     _assert_close(*_grads(out, ref, (cur, layer.weight), gen))
-    assert layer._report["dx_masked"]
+    density = ((mem_ref - theta).abs() < b_th).double().mean()
+    assert 0 < density < 1
+    assert layer._report["dx_masked"] == (density <= MASKED_DX_MAX_DENSITY)
 
 
 def test_rate_backward_equals_reference(gen):

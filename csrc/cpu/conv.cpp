@@ -26,19 +26,41 @@ namespace {
 
 using at::Tensor;
 
-// The kernel taps that connect input position (y, x) to an output position: (ky, kx) with
-// oy = (y + pH - ky*dH)/sH integral and in [0, Ho), likewise ox. Writes tap = ky*kW + kx and
-// pos = oy*Wo + ox of each (kH*kW entries at most) and returns their count.
-inline int64_t taps_of(const ConvGeometry& g, int64_t y, int64_t x, int64_t* tap, int64_t* pos) {
+// The kernel taps of each input row (or column) y: the pairs (k, o) with o = (y + p - k*d)/s
+// integral and in [0, out), k ascending. Found once per call, so that no division by the
+// stride runs per input element.
+struct AxisTaps {
+  std::vector<int64_t> start, k, o;  // the pairs of y: [start[y], start[y + 1])
+
+  AxisTaps(int64_t n, int64_t kn, int64_t s, int64_t p, int64_t d, int64_t out) : start(n + 1, 0) {
+    for (int64_t y = 0; y < n; ++y) {
+      for (int64_t ki = 0; ki < kn; ++ki) {
+        const int64_t t = y + p - ki * d;
+        if (t < 0 || t % s != 0 || t / s >= out) continue;
+        k.push_back(ki);
+        o.push_back(t / s);
+      }
+      start[y + 1] = static_cast<int64_t>(k.size());
+    }
+  }
+};
+
+struct Taps {
+  AxisTaps rows, cols;
+  explicit Taps(const ConvGeometry& g)
+      : rows(g.H, g.kH, g.sH, g.pH, g.dH, g.Ho), cols(g.W, g.kW, g.sW, g.pW, g.dW, g.Wo) {}
+};
+
+// The kernel taps that connect input position (y, x) to an output position: writes
+// tap = ky*kW + kx and pos = oy*Wo + ox of each (kH*kW entries at most, ky then kx
+// ascending) and returns their count.
+inline int64_t taps_of(const ConvGeometry& g, const Taps& tt, int64_t y, int64_t x, int64_t* tap,
+                       int64_t* pos) {
   int64_t n = 0;
-  for (int64_t ky = 0; ky < g.kH; ++ky) {
-    const int64_t ty = y + g.pH - ky * g.dH;
-    if (ty < 0 || ty % g.sH != 0 || ty / g.sH >= g.Ho) continue;
-    for (int64_t kx = 0; kx < g.kW; ++kx) {
-      const int64_t tx = x + g.pW - kx * g.dW;
-      if (tx < 0 || tx % g.sW != 0 || tx / g.sW >= g.Wo) continue;
-      tap[n] = ky * g.kW + kx;
-      pos[n] = (ty / g.sH) * g.Wo + tx / g.sW;
+  for (int64_t a = tt.rows.start[y]; a < tt.rows.start[y + 1]; ++a) {
+    for (int64_t b = tt.cols.start[x]; b < tt.cols.start[x + 1]; ++b) {
+      tap[n] = tt.rows.k[a] * g.kW + tt.cols.k[b];
+      pos[n] = tt.rows.o[a] * g.Wo + tt.cols.o[b];
       ++n;
     }
   }
@@ -59,7 +81,8 @@ constexpr int64_t kTileBytes = 512 << 10;
 // pos (kH*kW).
 template <typename T>
 SNN_VECTOR_CLONES void conv_dw_task(const T* delta, const int64_t* colptr, const int32_t* rows,
-                                    const T* xvals, const ConvGeometry& g, int64_t r0, int64_t r1,
+                                    const T* xvals, const ConvGeometry& g, const Taps& tt,
+                                    int64_t r0, int64_t r1,
                                     int64_t c0, int64_t c1, int64_t tile_rows, T* acc, T* tile,
                                     int64_t* next, int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -84,7 +107,7 @@ SNN_VECTOR_CLONES void conv_dw_task(const T* delta, const int64_t* colptr, const
           const int64_t i = (c * g.H + y) * g.W + x, end = colptr[i + 1];
           int64_t k = next[i];
           if (k == end || rows[k] >= t1) continue;
-          const int64_t nt = taps_of(g, y, x, tap, pos);
+          const int64_t nt = taps_of(g, tt, y, x, tap, pos);
           for (; k < end && rows[k] < t1; ++k) {
             const T v = xvals ? xvals[k] : T(1);
             const T* d = group_tile + (rows[k] - t0) * g.out_sample;
@@ -128,6 +151,7 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
   // acc[task's sample range, c, tap, o]: o innermost; summed and permuted at the end.
   Tensor acc = at::zeros({n_r, g.groups, g.cin_g, g.kH, g.kW, g.cout_g}, delta.options());
   const int64_t K = g.kH * g.kW;
+  const Taps tt(g);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dw_spikes_cpu", [&] {
     const scalar_t* xv = xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n_r * n_c, 1, [&](int64_t j0, int64_t j1) {
@@ -135,7 +159,7 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
       std::vector<int64_t> next(g.chw), tap(K), pos(K);
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t jr = j / n_c, jc = j % n_c;
-        conv_dw_task<scalar_t>(delta.const_data_ptr<scalar_t>(), pp, rr, xv, g, g.R * jr / n_r,
+        conv_dw_task<scalar_t>(delta.const_data_ptr<scalar_t>(), pp, rr, xv, g, tt, g.R * jr / n_r,
                                g.R * (jr + 1) / n_r, g.C_in * jc / n_c, g.C_in * (jc + 1) / n_c,
                                tile_rows, acc.mutable_data_ptr<scalar_t>() + jr * g.weight_numel,
                                tile.data(), next.data(), tap.data(), pos.data());
@@ -154,7 +178,7 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
 // weight_t: the weight as [cin_g, kH*kW, C_out]. Scratch: row_t, tap and pos (kH*kW).
 template <typename T>
 SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, const T* weight_t, const int32_t* bits,
-                                    const ConvGeometry& g, int64_t r0, int64_t r1, T* out, T* row_t,
+                                    const ConvGeometry& g, const Taps& tt, int64_t r0, int64_t r1, T* out, T* row_t,
                                     int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
   for (int64_t r = r0; r < r1; ++r) {
@@ -178,7 +202,7 @@ SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, const T* weight_t, const int
         const int64_t i = w * 32 + __builtin_ctz(word) - k0;
         const int64_t c = i / HW, y = (i % HW) / g.W, x = i % g.W;
         const int64_t grp = c / g.cin_g;
-        const int64_t nt = taps_of(g, y, x, tap, pos);
+        const int64_t nt = taps_of(g, tt, y, x, tap, pos);
         const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + grp * n;
         const T* dg = row_t + grp * n;
         T s = 0;
@@ -219,12 +243,13 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
   const Tensor delta = delta_in.contiguous(), bits = bits_in.contiguous();
   const Tensor weight_t = weight_in.permute({1, 2, 3, 0}).contiguous();
   const int64_t K = g.kH * g.kW;
+  const Taps tt(g);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dx_masked_cpu", [&] {
     at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
       std::vector<scalar_t> row_t(g.out_sample);
       std::vector<int64_t> tap(K), pos(K);
       conv_dx_rows<scalar_t>(delta.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
-                             bits.const_data_ptr<int32_t>(), g, r0, r1, out.mutable_data_ptr<scalar_t>(),
+                             bits.const_data_ptr<int32_t>(), g, tt, r0, r1, out.mutable_data_ptr<scalar_t>(),
                              row_t.data(), tap.data(), pos.data());
     });
   });
