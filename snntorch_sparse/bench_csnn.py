@@ -303,3 +303,60 @@ def markdown(results):
         lines += ["", f"fused sparse backward vs fused dense backward: "
                       f"{sparse['bwd_speedup_vs_fused_dense']:.2f}×", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------- one convolutional layer
+#: (name, C_in, C_out, H, kernel): the second convolution of tutorials 6 and 7.
+CONV_LAYERS = (("tutorial6 conv2", 12, 64, 12, 5), ("tutorial7 conv2", 12, 32, 15, 5))
+
+
+def conv_layer_bench(device, T=25, B=128, rhos=(0.01, 0.02, 0.05), repeats=5, seed=0):
+    """Backward of one ``SpikingConv2d``, ``backward="sparse"`` vs ``"dense"``, on the same
+    weights and input: spikes at rate ρ, tagged with an upstream band of the same share
+    ρ (as a Leaky layer's output carries it). Times ``autograd.grad(out, [W, x], G)``
+    (∂W and ∂X, medians of ``repeats``); returns one row per (layer, ρ)."""
+    from ._fused import pack_bits, tag_band
+    from .spiking_conv import SpikingConv2d
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for name, c_in, c_out, h, k in CONV_LAYERS:
+        for rho in rhos:
+            x0 = (torch.rand(T, B, c_in, h, h, generator=g) < rho).float()
+            band = torch.rand(x0.shape, generator=g) < rho
+            times = {}
+            for backward in ("dense", "sparse"):
+                torch.manual_seed(seed)
+                layer = SpikingConv2d(c_in, c_out, k, beta=0.5, b_th=0.2,
+                                      backward=backward).to(device)
+                with torch.no_grad():
+                    layer.weight.mul_(4.0)  # some activity
+                x = x0.to(device).requires_grad_()
+                y = x * 1.0  # a fresh non-leaf output per call, tagged like a Leaky's
+                tag_band(y, pack_bits(band.to(device)), int(band.sum()))
+                out = layer(y)
+                grad = torch.randn(out.shape, generator=g).to(device)
+                ts = []
+                for _ in range(repeats + 1):
+                    t0 = time.perf_counter()
+                    torch.autograd.grad(out, (layer.weight, x), grad, retain_graph=True)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    ts.append((time.perf_counter() - t0) * 1e3)
+                times[backward] = statistics.median(ts[1:])
+                times[f"{backward}_report"] = dict(layer._report)
+            rows.append({"layer": name, "T": T, "B": B, "rho": rho,
+                         "dense_bwd_ms": times["dense"], "sparse_bwd_ms": times["sparse"],
+                         "speedup": times["dense"] / times["sparse"],
+                         "sparse_forms": times["sparse_report"]})
+    return rows
+
+
+def conv_layer_markdown(rows):
+    lines = ["| layer | T × B | ρ (input spikes = upstream band) | dense bwd ms | sparse bwd ms "
+             "| sparse × vs dense | FLOP ratio 1/ρ |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['T']} × {r['B']} | {100 * r['rho']:.0f} % | "
+                     f"{r['dense_bwd_ms']:.0f} | {r['sparse_bwd_ms']:.0f} | "
+                     f"{r['speedup']:.2f}× | {1 / r['rho']:.0f}× |")
+    return "\n".join(lines)

@@ -40,10 +40,30 @@ _PER_SAMPLE = _ELEMENTWISE + (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
 )
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+def _static(x):
+    """Whether ``x [T, B, ...]`` holds the same values at every step by construction: a
+    broadcast along time (stride 0), as ``data.expand(T, ...)`` makes of the static image
+    snnTorch's tutorials show at every step."""
+    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0
+
+
+def _once(fn, x):
+    """``fn`` (per sample, deterministic) on ``x [T, B, ...]``: on the ``B`` samples of one
+    step, broadcast over time, when ``x`` is :func:`_static` — the same values as ``T``
+    calls, and its backward sums the ``T`` gradients first; else on all ``T·B`` samples."""
+    if _static(x):
+        out = fn(x[:1])
+        return out.expand(x.shape[0], *out.shape[1:])
+    return fn(x)
 
 
 class _Folded(nn.Module):
-    """A per-sample module on ``[T, B, ...]``: one call on the ``T·B`` samples.
+    """A per-sample module on ``[T, B, ...]``: one call on the ``T·B`` samples (on the
+    ``B`` samples of one step when the input is the same at every step; not for Dropout
+    in training, which draws a mask per step).
 
     An element-wise, order-preserving module (Flatten, Dropout, ...) passes the band tag
     of its input on: each output element's gradient reaches only its own input element,
@@ -55,9 +75,14 @@ class _Folded(nn.Module):
         self.module = module
         self.keeps_band = isinstance(module, _ELEMENTWISE)
 
+    def _apply(self, x):
+        return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
     def forward(self, x):
-        out = self.module(x.flatten(0, 1))
-        out = out.unflatten(0, x.shape[:2])
+        # Dropout draws a mask per step; a custom module may be random too.
+        per_step = ((self.module.training and isinstance(self.module, _DROPOUT))
+                    or not isinstance(self.module, _PER_SAMPLE))
+        out = self._apply(x) if per_step else _once(self._apply, x)
         return _fused.pass_band(x, out) if self.keeps_band else out
 
 
@@ -74,10 +99,13 @@ class _SparseConv(nn.Module):
                                       conv.groups)
         self._report = {}
 
-    def forward(self, x):
+    def _apply(self, x):
         cur = _conv.conv_currents(x, self.conv.weight, self.conv.bias, self.geo, True,
                                   self._report)
         return cur.unflatten(0, x.shape[:2])
+
+    def forward(self, x):
+        return _once(self._apply, x)
 
 
 def _conv_padding(conv):
@@ -309,7 +337,9 @@ def fuse(model, backward="sparse", stateless=()):
     * Linear, Conv1d/Conv2d, Max/Avg pooling (also adaptive), Dropout (1d/2d), Flatten,
       Unflatten, Identity and the module types in ``stateless``: one call on all ``T·B``
       samples. Values equal ``T`` calls; Dropout draws its masks in another order, so
-      its outputs are equal in distribution, not bit for bit.
+      its outputs are equal in distribution, not bit for bit. An input that is the same
+      at every step by construction (``data.expand(T, ...)``, tutorial 6's static image)
+      goes through these layers once, on ``B`` samples, until the first neuron.
     * BatchNorm1d/2d: in training, each step normalised by its own batch statistics and
       the running statistics updated ``T`` times, exactly as ``T`` calls (eval mode: the
       running statistics).

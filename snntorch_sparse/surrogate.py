@@ -159,12 +159,16 @@ class AdaptiveBand:
 
 
 #: The band of a neuron that did not choose one: our classes' ``b_th`` default (so the
-#: one-import switch) and a stock snnTorch neuron that ``fuse`` switches. The paper's 0.2
-#: that widens while fewer than 20 % of the layer's neuron-steps are in the band and never
-#: narrows below 0.2, so that a layer whose membranes start far from threshold still gets
-#: a gradient (measured on snnTorch's tutorial models: docs/choosing-bth.md). Give
-#: ``b_th=0.2`` for the paper's fixed band, ``"auto"`` for the 2 % target.
-DEFAULT_B_TH = AdaptiveBand(target=0.2, init=0.2, min=0.2)
+#: one-import switch) and a stock snnTorch neuron that ``fuse`` switches. It starts at the
+#: widest band (4.0: the whole surrogate, as dense, for snnTorch's shapes), narrows while
+#: more than 20 % of the layer's neuron-steps are in the band, widens while fewer are, and
+#: never goes below the paper's 0.2 — so that a layer whose membranes start far from
+#: threshold (a silent network at initialisation) still gets a gradient. A per-step neuron
+#: updates it twice per step, so it is narrow after the first steps; a fused layer once
+#: per call, so after about 8 calls. Measured on snnTorch's tutorial models:
+#: docs/choosing-bth.md. Give ``b_th=0.2`` for the paper's fixed band, ``"auto"`` for the
+#: 2 % target.
+DEFAULT_B_TH = AdaptiveBand(target=0.2, init=4.0, min=0.2)
 
 
 def band_for(b_th, output):
@@ -635,7 +639,7 @@ def _slow_path_warning(fn):
             f"snntorch_sparse: surrogate {kind[0]}.{kind[1]} is not one of the compiled "
             "shapes (fast_sigmoid, atan, sigmoid, triangular, straight_through); its band "
             "runs in eager PyTorch (slow path, full membrane kept for backward) and cannot "
-            f"adapt: the default band is the fixed {DEFAULT_B_TH.init}.",
+            f"adapt: the default band is the fixed {DEFAULT_B_TH.min}.",
             SlowPathWarning, stacklevel=3)
 
 
@@ -679,8 +683,8 @@ def sparse(spike_grad, b_th=0.2):
             "(fast_sigmoid, atan, sigmoid, triangular, straight_through); for "
             f"{spike_grad!r} give a fixed b_th (a float) or b_th=None (dense)")
     _slow_path_warning(spike_grad)
-    if b_th is DEFAULT_B_TH:  # not chosen by the user: its fixed start, said in the warning
-        b_th = b_th.init
+    if b_th is DEFAULT_B_TH:  # not chosen by the user: the paper's 0.2, said in the warning
+        b_th = b_th.min
     return EagerBandSurrogate(spike_grad, b_th)
 
 

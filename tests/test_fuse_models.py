@@ -224,3 +224,19 @@ def test_synaptic_neurons_run_their_sequence_form(gen, make):
         _compare(model, fused, x, gen)
     with pytest.raises(ValueError, match="layer 1 .*rate.*Synaptic"):
         fuse(model, backward="rate")
+
+
+def test_static_input_goes_through_the_stateless_layers_once(gen):
+    """Tutorial 6 shows the same image at every step: with ``data.expand(T, ...)`` the
+    convolution and pooling before the first neuron run on the B images once; outputs and
+    gradients still equal the per-step model's."""
+    model = _grid(_csnn(snn.Leaky, b_th=0.3), gen, shift=0.15)
+    fused = fuse(model)
+    data = (torch.rand(3, 1, 14, 14, generator=gen) < 0.4).to(DT)
+    x = data.unsqueeze(0).expand(9, *data.shape)
+    got = fused(x)
+    _compare(model, fused, x, gen)
+    spk = fused.layers[2](fused.layers[1](fused.layers[0](x)))
+    assert spk.shape == (9, 3, 4, 6, 6) and spk.stride(0) != 0  # the neuron runs all steps
+    assert fused.layers[1](fused.layers[0](x)).stride(0) == 0  # conv + pool: once
+    assert torch.equal(got[0], _per_step(model, x)[0])

@@ -248,7 +248,7 @@ def test_default_is_atan_with_band():
     sg = lif.spike_grad
     assert isinstance(sg, surrogate.AdaptiveSurrogate)
     assert (sg.shape, sg.p, sg.band, sg.b_th) == (surrogate.reference.ATAN, 2.0,
-                                                   surrogate.DEFAULT_B_TH, 0.2)
+                                                   surrogate.DEFAULT_B_TH, 4.0)  # starts wide
     assert lif.b_th == surrogate.DEFAULT_B_TH
     assert Leaky(beta=0.9, b_th=0.2).spike_grad == surrogate.atan(alpha=2.0, b_th=0.2)
     assert Leaky(beta=0.9, b_th=None).spike_grad == surrogate.atan(alpha=2.0, b_th=None)
