@@ -88,4 +88,25 @@ inline ConvGeometry conv_geometry(c10::IntArrayRef delta_sizes, c10::IntArrayRef
   return g;
 }
 
+// The geometry of a convolution of `x` [R, C_in, H, W] with `weight` [C_out, C_in/groups, kH, kW]
+// (the forward: there is no delta yet; its sizes follow from the others).
+inline ConvGeometry conv_geometry_of_input(c10::IntArrayRef x_sizes, c10::IntArrayRef weight_sizes,
+                                          c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                          c10::IntArrayRef dilation, int64_t groups, const char* op) {
+  detail::check_pair(stride, 1, op, "stride");
+  detail::check_pair(padding, 0, op, "padding");
+  detail::check_pair(dilation, 1, op, "dilation");
+  TORCH_CHECK(groups >= 1 && x_sizes[1] % groups == 0 && weight_sizes[0] % groups == 0 &&
+                  weight_sizes[1] * groups == x_sizes[1],
+              op, ": `weight` must be [C_out, C_in/groups, kH, kW] with C_in = `x`.shape[1] (",
+              x_sizes[1], ") and groups = ", groups, " dividing C_in and C_out, got shape ",
+              weight_sizes);
+  TORCH_CHECK(weight_sizes[2] >= 1 && weight_sizes[3] >= 1, op,
+              ": `weight` must have a kernel of at least 1x1, got shape ", weight_sizes);
+  const int64_t Ho = detail::out_size(x_sizes[2], weight_sizes[2], stride[0], padding[0], dilation[0], op, "H");
+  const int64_t Wo = detail::out_size(x_sizes[3], weight_sizes[3], stride[1], padding[1], dilation[1], op, "W");
+  return conv_geometry({x_sizes[0], weight_sizes[0], Ho, Wo}, x_sizes.slice(1), weight_sizes.slice(2),
+                       stride, padding, dilation, groups, op);
+}
+
 }  // namespace snntorch_sparse

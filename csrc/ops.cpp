@@ -39,4 +39,6 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   // (CSC of x.reshape(R, C_in*H*W)), and the input gradient where the upstream band bit is set.
   m.def("conv_dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int[] in_shape, int[] kernel, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
   m.def("conv_dx_masked(Tensor delta, Tensor weight, Tensor bits, int[] in_shape, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
+  // Event-driven 2-D convolution: conv2d(x, weight) + bias summed over x's nonzeros only.
+  m.def("conv_fwd_events(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
 }

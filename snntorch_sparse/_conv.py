@@ -1,7 +1,10 @@
 r"""Convolution currents with the sparse backward (DESIGN.md §2, "Convolution").
 
 The currents of a ``SpikingConv2d`` are ``I = conv2d(X, W) + b`` over all ``R = T·B``
-images at once (one library convolution, time folded into the batch). The neuron scan
+images at once (time folded into the batch): in the sparse mode on the CPU, when the input
+is sparse (spikes), summed over its nonzeros only (event-driven, ``ops.conv_fwd_events``;
+equal to the library's convolution up to the order of the sums), else one library
+convolution. The neuron scan
 after it is ``_fused.lif_sequence``, so of the neuron only its band is kept; of the
 convolution :class:`_ConvCurrents` keeps:
 
@@ -40,6 +43,13 @@ from ._ops import first_order_only, ops
 #: over the nonzeros; a denser one goes to the library's dense convolution gradient.
 COMPACT_INPUT_MAX_DENSITY = 0.25
 
+#: On the CPU, the sparse mode's forward sums the input's nonzeros only (``ops.conv_fwd_events``:
+#: ≈ ``nnz(X)·C_out·K²/groups`` multiply-adds) when at most this share of the input is
+#: nonzero; above, the library's dense convolution is faster (measured break-even near 20 %
+#: on the 2-core CPU of docs/benchmarks.md). The CUDA forward stays the library's (the
+#: kernel exists and is tested, but has not been timed on a GPU).
+EVENT_FORWARD_MAX_DENSITY = 0.1
+
 #: The input gradient is computed only inside the upstream band when at most this share of
 #: the input is in it; above, the library's dense transpose convolution is faster (on the
 #: 2-core CPU of docs/benchmarks.md the masked kernel breaks even near 20 %).
@@ -64,20 +74,38 @@ class ConvGeometry:
                      zip(in_hw, kernel, self.stride, self.padding, self.dilation))
 
 
+def _sparse_enough(x, csc, compacted):
+    """Whether at most :data:`EVENT_FORWARD_MAX_DENSITY` of ``x`` is nonzero: read off its
+    compact form when the backward made one (none made means too dense to keep compact),
+    else counted."""
+    if csc is not None:
+        nnz = csc[1].numel()
+    elif compacted:
+        return False
+    else:
+        nnz = int(torch.count_nonzero(x))
+    return nnz <= EVENT_FORWARD_MAX_DENSITY * x.numel()
+
+
 class _ConvCurrents(torch.autograd.Function):
     """``conv2d(x, W) + b`` with the sparse backward (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, up_bits, geo, sparse, report, track):
-        cur = F.conv2d(x, weight, bias, *geo.args())
         need_x, need_w = _needs(ctx, track)[:2]
-        ctx.x_compact = False
+        # A traced graph keeps the input dense and the library's convolution (compaction
+        # and the forward's choice depend on the data).
+        eager = sparse and not torch.compiler.is_compiling()
+        csc = (compact_input(x.reshape(x.shape[0], -1), COMPACT_INPUT_MAX_DENSITY)
+               if need_w and eager else None)
+        ctx.x_compact = csc is not None
+        events = eager and x.device.type == "cpu" and _sparse_enough(x, csc, need_w)
+        cur = (ops.conv_fwd_events(x, weight, bias, *geo.args()) if events
+               else F.conv2d(x, weight, bias, *geo.args()))
+        if report is not None and not torch.compiler.is_compiling():
+            report["fwd"] = "events" if events else "dense"
         saved_x = (None, None, None, None)
         if need_w:
-            # A traced graph keeps the input dense (compaction has a data-dependent size).
-            csc = (compact_input(x.reshape(x.shape[0], -1), COMPACT_INPUT_MAX_DENSITY)
-                   if sparse and not torch.compiler.is_compiling() else None)
-            ctx.x_compact = csc is not None
             saved_x = (None,) + csc if ctx.x_compact else (x, None, None, None)
         ctx.save_for_backward(*saved_x, weight if need_x else None,
                               up_bits if (need_x and sparse) else None)

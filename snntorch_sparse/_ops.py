@@ -195,7 +195,8 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dx_masked", "conv_dw_spikes", "conv_dx_masked", "syn_fwd", "syn_bwd")
+       "dx_masked", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
+       "syn_bwd")
 
 
 def _fill_missing_devices(how, reason, cuda_note, build_info):
@@ -296,6 +297,12 @@ def _register_fakes():
     @fake("conv_dx_masked")
     def _(delta, weight, bits, in_shape, stride, padding, dilation, groups):
         return delta.new_empty(delta.shape[0], *in_shape)
+
+    @fake("conv_fwd_events")
+    def _(x, weight, bias, stride, padding, dilation, groups):
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
+        return x.new_empty(x.shape[0], weight.shape[0], *size)
 
 
 # --------------------------------------------------------------------- autograd

@@ -465,6 +465,24 @@ def conv_dx_masked(delta, weight, bits, in_shape, stride, padding, dilation, gro
     return torch.where(keep, full, torch.zeros_like(full))
 
 
+def conv_fwd_events(x, weight, bias, stride, padding, dilation, groups):
+    """Op ``conv_fwd_events``: the 2-D convolution ``conv2d(x, W) + b`` summed over the
+    input's nonzeros (event-driven; DESIGN.md §2):
+
+        I[r, o, oy, ox] = b[o] + Σ_{nonzeros (r, c, y, x) of X} X[r, c, y, x]·W[o, c mod C_g, ky, kx]
+            over the taps (ky, kx) with oy = (y + p − ky·d)/s, ox likewise (as
+            :func:`conv_dw_spikes`), o in the group of c
+
+    — the dense convolution's value (equal up to the order of the sums) for finite
+    weights; cost ≈ ``nnz(X)·C_out·K²/groups`` instead of ``R·Ho·Wo·C_out·C_in·K²/groups``.
+    ``x [R, C_in, H, W]``, ``W [C_out, C_in/groups, kH, kW]``, ``bias [C_out]`` or None.
+    """
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"conv_fwd_events: `x` and `weight` must be 4-D, got shapes "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
 # ---- synaptic
 def syn_fwd(cur, syn0, mem0, alpha, beta, theta, reset):
     """Op ``syn_fwd``: synaptic current and membrane ``(syn, mem)``, both ``[T, M]``.

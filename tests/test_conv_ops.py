@@ -382,3 +382,58 @@ def test_cuda_half_precision(gen, dtype, geometry):
     assert out.dtype == dtype
     assert_sum(out.double().cpu(), ref.conv_dx_masked(delta.double(), weight.double(), bits, *rest),
                magnitude, unit + 1e-5)
+
+
+# ------------------------------------------------------------------ conv_fwd_events
+def fwd_case(geometry, R, density, valued, dtype, gen, bias=True):
+    C_in, H, W, C_out, kernel, stride, padding, dilation, groups = geometry
+    x = spikes((R, C_in, H, W), density, gen, dtype, valued)
+    weight = randn((C_out, C_in // groups, *kernel), gen, dtype)
+    b = randn((C_out,), gen, dtype) if bias else None
+    return (x, weight, b, list(stride), list(padding), list(dilation), groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("R", [1, 5])
+@pytest.mark.parametrize("density", X_DENSITIES + [1.0])
+@pytest.mark.parametrize("valued", [False, True], ids=["binary", "graded"])
+def test_conv_fwd_events(device, gen, dtype, geometry, R, density, valued):
+    """The event-driven forward equals the dense convolution (to the order of the sums):
+    ``|out − conv2d| ≤ tol·conv2d(|x|, |W|) + |b|`` (the bias is added exactly)."""
+    args = fwd_case(GEOMETRIES[geometry], R, density, valued, dtype, gen, bias=R == 5)
+    x, weight, b = args[:3]
+    out = call("conv_fwd_events", device, *args)
+    magnitude = torch.nn.functional.conv2d(x.abs(), weight.abs(), None, *args[3:])
+    dense = torch.nn.functional.conv2d(x, weight, b, *args[3:])
+    assert_sum(out - (0 if b is None else b.view(1, -1, 1, 1)),
+               dense - (0 if b is None else b.view(1, -1, 1, 1)), magnitude, TOL[dtype])
+    if density == 0.0:  # no input: exactly the bias
+        assert torch.equal(out, torch.zeros_like(out) + (0 if b is None else b.view(1, -1, 1, 1)))
+
+
+def test_conv_fwd_events_opcheck(device, gen):
+    args = fwd_case(GEOMETRIES["mixed_all"], 4, 0.2, True, torch.float64, gen)
+    torch.library.opcheck(ops.conv_fwd_events,
+                          tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args))
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"x": torch.zeros(2, 2, 5)}, "`x` must be 4-D"),
+    ({"x": torch.zeros(2, 3, 5, 5, dtype=torch.float64)}, "`weight` must be"),
+    ({"weight": torch.zeros(4, 1, 3, 3, dtype=torch.float32)}, "`weight` must have the dtype"),
+    ({"weight": torch.zeros(4, 1, 3)}, "`weight` must be 4-D"),
+    ({"bias": torch.zeros(3, dtype=torch.float64)}, "`bias` must be"),
+    ({"stride": [0, 1]}, "`stride`"),
+    ({"padding": [-1, 0]}, "`padding`"),
+    ({"dilation": [1]}, "`dilation`"),
+    ({"groups": 3}, "groups"),
+    ({"weight": torch.zeros(4, 1, 7, 7, dtype=torch.float64)}, "dilated kernel"),
+])
+def test_conv_fwd_events_bad_arguments(over, match):
+    a = {"x": torch.zeros(2, 2, 5, 5, dtype=torch.float64),
+         "weight": torch.zeros(4, 1, 3, 3, dtype=torch.float64), "bias": None,
+         "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 2}
+    a.update(over)
+    with pytest.raises(RuntimeError, match=match):
+        ops.conv_fwd_events(*a.values())

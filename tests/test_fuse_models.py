@@ -81,7 +81,8 @@ def test_tutorial6_csnn_fuses_and_equals_per_step(gen):
     density, band = (h != 0).float().mean(), _fused.band_size(h) / h.numel()
     assert 0 < band < 1
     assert fused.layers[3]._report == {"dw": "spikes" if density <= 0.25 else "dense",
-                                       "dx_masked": band <= MASKED_DX_MAX_DENSITY}
+                                       "dx_masked": band <= MASKED_DX_MAX_DENSITY,
+                                       "fwd": "events" if density <= 0.1 else "dense"}
     assert fused.layers[-1]._report["dx_masked"]
 
 
@@ -100,7 +101,8 @@ def test_conv_then_neuron_becomes_a_spiking_conv(gen):
     density, band = (h != 0).float().mean(), _fused.band_size(h) / h.numel()
     assert convs[1]._report == {"in_band": convs[1]._report["in_band"],
                                 "dx_masked": band <= MASKED_DX_MAX_DENSITY,
-                                "dw": "spikes" if density <= 0.25 else "dense"}
+                                "dw": "spikes" if density <= 0.25 else "dense",
+                                "fwd": "events" if density <= 0.1 else "dense"}
 
 
 def test_stock_snntorch_csnn_gets_the_default_band_and_equal_outputs(gen):

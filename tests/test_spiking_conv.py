@@ -87,14 +87,28 @@ def test_forward_and_gradients_equal_reference(gen, geo, backward, reset):
     assert layer._report["dw"] == ("spikes" if backward == "sparse" else "dense")
 
 
-@pytest.mark.parametrize("rate", [0.01, 0.05, 0.5])
-def test_sparse_weight_gradient_at_several_input_densities(gen, rate):
-    layer = _layer(gen, GEOMETRIES[0], mean=0.6)
+@pytest.mark.parametrize("geo", GEOMETRIES)
+@pytest.mark.parametrize("rate", [0.01, 0.05, 0.2, 0.5])
+def test_sparse_forward_and_weight_gradient_at_several_input_densities(gen, geo, rate):
+    """Spikes at 1–5 %: event-driven forward and ∂W over the input spikes; 20 %: library
+    forward, ∂W over the spikes; 50 %: kept as is, the library's forward and gradient."""
+    layer = _layer(gen, geo, mean=0.6)
     x = _spikes(gen, rate)
     out = layer(x)
+    assert torch.equal(out, _reference(layer, x))
     _assert_close(*_grads(out, _reference(layer, x), (layer.weight, layer.bias), gen))
-    # a dense input (50 %) is kept as is and takes the library's gradient
-    assert layer._report["dw"] == ("spikes" if rate <= 0.25 else "dense")
+    density = (x != 0).double().mean()
+    assert layer._report["dw"] == ("spikes" if density <= 0.25 else "dense")
+    assert layer._report["fwd"] == ("events" if density <= 0.1 else "dense")
+
+
+def test_event_forward_without_grad_and_with_graded_input(gen):
+    layer = _layer(gen, GEOMETRIES[3])
+    x = _spikes(gen, 0.03) * _grid(torch.rand(T, B, C_IN, H, W, generator=gen, dtype=DT))
+    with torch.no_grad():
+        out = layer(x)
+    assert layer._report["fwd"] == "events"
+    assert torch.equal(out, _reference(layer, x))
 
 
 def test_graded_input_and_learnable_neuron_parameters(gen):

@@ -1,5 +1,6 @@
-// CPU kernels of the 2-D convolution's sparse gradients: `conv_dw_spikes` and `conv_dx_masked`
-// (math: the functions of the same names in reference.py).
+// CPU kernels of the 2-D convolution's sparse gradients, `conv_dw_spikes` and `conv_dx_masked`,
+// and of its event-driven forward, `conv_fwd_events` (math: the functions of the same names in
+// reference.py).
 //
 // Both read delta channels-last ([Ho, Wo, C_out] per sample) and the weight as
 // [C_in/groups, kH, kW, C_out], so that the innermost loop runs over the contiguous output
@@ -13,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "common.h"
@@ -256,11 +258,89 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
   return out;
 }
 
+// ------------------------------------------------------------------ conv_fwd_events
+// Samples [r0, r1) of conv_fwd_events: acc ([Ho*Wo, C_out], channels-last so that a tap adds
+// one contiguous run of the group's output channels) starts at the bias; every nonzero
+// (c, y, x) of the sample adds x * weight_t[c mod cin_g, tap, group's o] at each of its taps;
+// then acc is transposed into the sample's [C_out, Ho, Wo]. Zeros cost one comparison.
+template <typename T>
+SNN_VECTOR_CLONES void conv_fwd_rows(const T* x, const T* weight_t, const T* bias,
+                                     const ConvGeometry& g, const Taps& tt, int64_t r0, int64_t r1,
+                                     T* out, T* acc, int64_t* tap, int64_t* pos) {
+  const int64_t K = g.kH * g.kW, n = g.cout_g, HoWo = g.Ho * g.Wo;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t p = 0; p < HoWo; ++p)
+      for (int64_t o = 0; o < g.C_out; ++o) acc[p * g.C_out + o] = bias ? bias[o] : T(0);
+    const T* xr = x + r * g.chw;
+    for (int64_t c = 0; c < g.C_in; ++c) {
+      const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + c / g.cin_g * n;
+      T* ac = acc + c / g.cin_g * n;
+      for (int64_t y = 0; y < g.H; ++y) {
+        const T* xrow = xr + (c * g.H + y) * g.W;
+        for (int64_t xx = 0; xx < g.W; ++xx) {
+          const T v = xrow[xx];
+          if (v == T(0)) continue;
+          const int64_t nt = taps_of(g, tt, y, xx, tap, pos);
+          for (int64_t t = 0; t < nt; ++t) {
+            T* __restrict a = ac + pos[t] * g.C_out;
+            const T* __restrict w = wc + tap[t] * g.C_out;
+            for (int64_t o = 0; o < n; ++o) a[o] += v * w[o];
+          }
+        }
+      }
+    }
+    T* o_row = out + r * g.out_sample;
+    for (int64_t o = 0; o < g.C_out; ++o)
+      for (int64_t p = 0; p < HoWo; ++p) o_row[o * HoWo + p] = acc[p * g.C_out + o];
+  }
+}
+
+Tensor conv_fwd_events_cpu(const Tensor& x_in, const Tensor& weight_in,
+                           const std::optional<Tensor>& bias_in, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  constexpr const char* op = "conv_fwd_events";
+  check_float(x_in, op, "x");
+  check_float(weight_in, op, "weight");
+  TORCH_CHECK(x_in.dim() == 4, op, ": `x` must be 4-D [R, C_in, H, W], got shape ", x_in.sizes());
+  TORCH_CHECK(weight_in.dim() == 4, op, ": `weight` must be 4-D [C_out, C_in/groups, kH, kW], got shape ",
+              weight_in.sizes());
+  TORCH_CHECK(weight_in.scalar_type() == x_in.scalar_type(), op, ": `weight` must have the dtype of `x` (",
+              x_in.scalar_type(), "), got ", weight_in.scalar_type());
+  const ConvGeometry g =
+      conv_geometry_of_input(x_in.sizes(), weight_in.sizes(), stride, padding, dilation, groups, op);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_float(*bias_in, op, "bias");
+    TORCH_CHECK(bias_in->scalar_type() == x_in.scalar_type() && bias_in->dim() == 1 &&
+                    bias_in->size(0) == g.C_out,
+                op, ": `bias` must be [C_out] = [", g.C_out, "] of the dtype of `x` (",
+                x_in.scalar_type(), "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
+  }
+  Tensor out = at::empty({g.R, g.C_out, g.Ho, g.Wo}, x_in.options());
+  if (out.numel() == 0) return out;
+  const Tensor x = x_in.contiguous();
+  const Tensor weight_t = weight_in.permute({1, 2, 3, 0}).contiguous();
+  const Tensor bias = has_bias ? bias_in->contiguous() : Tensor();
+  const int64_t K = g.kH * g.kW;
+  const Taps tt(g);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_fwd_events_cpu", [&] {
+    at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<scalar_t> acc(g.out_sample);
+      std::vector<int64_t> tap(K), pos(K);
+      conv_fwd_rows<scalar_t>(x.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
+                              has_bias ? bias.const_data_ptr<scalar_t>() : nullptr, g, tt, r0, r1,
+                              out.mutable_data_ptr<scalar_t>(), acc.data(), tap.data(), pos.data());
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("conv_dw_spikes", &conv_dw_spikes_cpu);
   m.impl("conv_dx_masked", &conv_dx_masked_cpu);
+  m.impl("conv_fwd_events", &conv_fwd_events_cpu);
 }
 
 }  // namespace snntorch_sparse

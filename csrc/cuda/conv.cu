@@ -1,5 +1,6 @@
-// CUDA kernels of the 2-D convolution's sparse gradients: `conv_dw_spikes` and `conv_dx_masked`
-// (math: the functions of the same names in snntorch_sparse/reference.py). The input's CSC is
+// CUDA kernels of the 2-D convolution's sparse gradients, `conv_dw_spikes` and `conv_dx_masked`,
+// and of its event-driven forward, `conv_fwd_events` (math: the functions of the same names in
+// snntorch_sparse/reference.py). The input's CSC is
 // over [R, C_in*H*W] (column i = (c*H + y)*W + x); delta is [R, C_out, Ho, Wo], the weight
 // [C_out, C_in/groups, kH, kW]. Indices outside their range are skipped rather than checked on
 // the host, which would need a device sync.
@@ -96,6 +97,36 @@ __global__ void conv_dx_masked_kernel(const scalar_t* __restrict__ delta,
   }
 }
 
+// ------------------------------------------------------------------- conv_fwd_events
+// A thread per (input element e = (r, c, y, x), output channel o of c's group): nothing when
+// x[e] is 0, else x[e]*weight[o, c mod cin_g, tap] added at each tap's target in acc
+// ([R, C_out, Ho, Wo] in opmath_t), which the other inputs reaching that output also hit.
+template <typename scalar_t>
+__global__ void conv_fwd_events_kernel(const scalar_t* __restrict__ x,
+                                       const scalar_t* __restrict__ weight,
+                                       at::opmath_type<scalar_t>* __restrict__ acc, ConvGeometry g) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t K = g.kH * g.kW, total = g.in_numel * g.cout_g;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < total;
+       j += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t e = j / g.cout_g;
+    const opmath_t v = static_cast<opmath_t>(x[e]);
+    if (v == opmath_t(0)) continue;
+    const int64_t r = e / g.chw, i = e % g.chw;
+    const int64_t c = i / (g.H * g.W), y = i / g.W % g.H, xx = i % g.W;
+    const int64_t o = c / g.cin_g * g.cout_g + j % g.cout_g;
+    const scalar_t* w = weight + (o * g.cin_g + c % g.cin_g) * K;
+    opmath_t* a = acc + (r * g.C_out + o) * g.Ho * g.Wo;
+    for (int64_t ky = 0; ky < g.kH; ++ky) {
+      for (int64_t kx = 0; kx < g.kW; ++kx) {
+        int64_t oy, ox;
+        if (!tap_target(g, y, xx, ky, kx, oy, ox)) continue;
+        atomicAdd(a + oy * g.Wo + ox, v * static_cast<opmath_t>(w[ky * g.kW + kx]));
+      }
+    }
+  }
+}
+
 // --------------------------------------------------------------------------- host
 at::Tensor conv_dw_spikes_cuda(const at::Tensor& delta_in, const at::Tensor& colptr_in,
                                const at::Tensor& rows_in, const at::Tensor& xvals_in,
@@ -161,6 +192,43 @@ at::Tensor conv_dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& wei
   return out;
 }
 
+at::Tensor conv_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                const std::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  constexpr const char* op = "conv_fwd_events";
+  check_cuda(x_in, op, "x");
+  check_floating(x_in, op, "x");
+  check_same_device(weight_in, x_in, op, "weight");
+  check_same_dtype(weight_in, x_in, op, "weight", "x");
+  TORCH_CHECK(x_in.dim() == 4, op, ": `x` must be 4-D [R, C_in, H, W], got shape ", x_in.sizes());
+  TORCH_CHECK(weight_in.dim() == 4, op, ": `weight` must be 4-D [C_out, C_in/groups, kH, kW], got shape ",
+              weight_in.sizes());
+  const ConvGeometry g =
+      conv_geometry_of_input(x_in.sizes(), weight_in.sizes(), stride, padding, dilation, groups, op);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_same_device(*bias_in, x_in, op, "bias");
+    check_same_dtype(*bias_in, x_in, op, "bias", "x");
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == g.C_out, op, ": `bias` must be [C_out] = [",
+                g.C_out, "], got shape ", bias_in->sizes());
+  }
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  at::Tensor acc = at::zeros({g.R, g.C_out, g.Ho, g.Wo}, x.options().dtype(acc_type));
+  if (acc.numel() != 0 && g.in_numel != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_events", [&] {
+      conv_fwd_events_kernel<scalar_t><<<grid_for(g.in_numel * g.cout_g), kThreads, 0, stream()>>>(
+          x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+          acc.data_ptr<at::opmath_type<scalar_t>>(), g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (has_bias) acc.add_(bias_in->to(acc_type).view({1, g.C_out, 1, 1}));
+  return acc.to(x.scalar_type());
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace snntorch_sparse
@@ -168,4 +236,5 @@ at::Tensor conv_dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& wei
 TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
   m.impl("conv_dw_spikes", &snntorch_sparse::cuda::conv_dw_spikes_cuda);
   m.impl("conv_dx_masked", &snntorch_sparse::cuda::conv_dx_masked_cuda);
+  m.impl("conv_fwd_events", &snntorch_sparse::cuda::conv_fwd_events_cuda);
 }
