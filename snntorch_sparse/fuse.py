@@ -50,20 +50,8 @@ def _static(x):
     return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0
 
 
-def _once(fn, x):
-    """``fn`` (per sample, deterministic) on ``x [T, B, ...]``: on the ``B`` samples of one
-    step, broadcast over time, when ``x`` is :func:`_static` — the same values as ``T``
-    calls, and its backward sums the ``T`` gradients first; else on all ``T·B`` samples."""
-    if _static(x):
-        out = fn(x[:1])
-        return out.expand(x.shape[0], *out.shape[1:])
-    return fn(x)
-
-
 class _Folded(nn.Module):
-    """A per-sample module on ``[T, B, ...]``: one call on the ``T·B`` samples (on the
-    ``B`` samples of one step when the input is the same at every step; not for Dropout
-    in training, which draws a mask per step).
+    """A per-sample module on ``[T, B, ...]``: one call on the ``T·B`` samples.
 
     An element-wise, order-preserving module (Flatten, Dropout, ...) passes the band tag
     of its input on: each output element's gradient reaches only its own input element,
@@ -75,14 +63,15 @@ class _Folded(nn.Module):
         self.module = module
         self.keeps_band = isinstance(module, _ELEMENTWISE)
 
-    def _apply(self, x):
-        return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    @property
+    def deterministic(self):
+        """Whether equal inputs give equal outputs (Dropout draws a mask per call in
+        training; a custom module may be random too)."""
+        return not ((self.module.training and isinstance(self.module, _DROPOUT))
+                    or not isinstance(self.module, _PER_SAMPLE))
 
     def forward(self, x):
-        # Dropout draws a mask per step; a custom module may be random too.
-        per_step = ((self.module.training and isinstance(self.module, _DROPOUT))
-                    or not isinstance(self.module, _PER_SAMPLE))
-        out = self._apply(x) if per_step else _once(self._apply, x)
+        out = self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         return _fused.pass_band(x, out) if self.keeps_band else out
 
 
@@ -99,13 +88,12 @@ class _SparseConv(nn.Module):
                                       conv.groups)
         self._report = {}
 
-    def _apply(self, x):
+    deterministic = True
+
+    def forward(self, x):
         cur = _conv.conv_currents(x, self.conv.weight, self.conv.bias, self.geo, True,
                                   self._report)
         return cur.unflatten(0, x.shape[:2])
-
-    def forward(self, x):
-        return _once(self._apply, x)
 
 
 def _conv_padding(conv):
@@ -202,14 +190,24 @@ class FusedSequential(nn.Module):
     def forward(self, x):
         """``x [T, B, ...]`` → spikes ``[T, B, ...]`` (or ``(spk, mem)``, see ``output``).
 
-        Starts from zero membranes, like the per-step model after ``utils.reset``.
+        Starts from zero membranes, like the per-step model after ``utils.reset``. An input
+        that is the same at every step by construction (``data.expand(T, ...)``: the static
+        image of snnTorch's tutorial 6) goes through the deterministic stateless layers
+        before the first neuron once, on its ``B`` samples, and is broadcast over time
+        where a neuron needs the steps — the same values as ``T`` calls.
         """
+        T = x.shape[0]
+        once = _static(x)
+        if once:
+            x = x[:1]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            if once and not getattr(layer, "deterministic", type(layer) is nn.Linear):
+                x, once = x.expand(T, *x.shape[1:]), False
             if i == last and self.output and isinstance(layer, (SpikingLinear, SpikingConv2d)):
                 return layer._run(x, None)
             x = layer(x)
-        return x
+        return x.expand(T, *x.shape[1:]) if once else x
 
 
 def _unsupported(i, layer, why):
@@ -339,7 +337,7 @@ def fuse(model, backward="sparse", stateless=()):
       samples. Values equal ``T`` calls; Dropout draws its masks in another order, so
       its outputs are equal in distribution, not bit for bit. An input that is the same
       at every step by construction (``data.expand(T, ...)``, tutorial 6's static image)
-      goes through these layers once, on ``B`` samples, until the first neuron.
+      goes through these layers once, on ``B`` samples, up to the first neuron.
     * BatchNorm1d/2d: in training, each step normalised by its own batch statistics and
       the running statistics updated ``T`` times, exactly as ``T`` calls (eval mode: the
       running statistics).
