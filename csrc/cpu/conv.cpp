@@ -262,16 +262,23 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
 // Samples [r0, r1) of conv_fwd_events: acc ([Ho*Wo, C_out], channels-last so that a tap adds
 // one contiguous run of the group's output channels) starts at the bias; every nonzero
 // (c, y, x) of the sample adds x * weight_t[c mod cin_g, tap, group's o] at each of its taps;
-// then acc is transposed into the sample's [C_out, Ho, Wo]. Zeros cost one comparison.
+// then acc is transposed into the sample's [C_out, Ho, Wo]. Zeros cost one comparison; a
+// sample without a nonzero (a silent layer's) is its bias, written straight.
 template <typename T>
 SNN_VECTOR_CLONES void conv_fwd_rows(const T* x, const T* weight_t, const T* bias,
                                      const ConvGeometry& g, const Taps& tt, int64_t r0, int64_t r1,
                                      T* out, T* acc, int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HoWo = g.Ho * g.Wo;
   for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * g.chw;
+    T* o_row = out + r * g.out_sample;
+    if (std::all_of(xr, xr + g.chw, [](T v) { return v == T(0); })) {  // a silent sample
+      for (int64_t o = 0; o < g.C_out; ++o)
+        std::fill(o_row + o * HoWo, o_row + (o + 1) * HoWo, bias ? bias[o] : T(0));
+      continue;
+    }
     for (int64_t p = 0; p < HoWo; ++p)
       for (int64_t o = 0; o < g.C_out; ++o) acc[p * g.C_out + o] = bias ? bias[o] : T(0);
-    const T* xr = x + r * g.chw;
     for (int64_t c = 0; c < g.C_in; ++c) {
       const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + c / g.cin_g * n;
       T* ac = acc + c / g.cin_g * n;
@@ -289,7 +296,6 @@ SNN_VECTOR_CLONES void conv_fwd_rows(const T* x, const T* weight_t, const T* bia
         }
       }
     }
-    T* o_row = out + r * g.out_sample;
     for (int64_t o = 0; o < g.C_out; ++o)
       for (int64_t p = 0; p < HoWo; ++p) o_row[o * HoWo + p] = acc[p * g.C_out + o];
   }
