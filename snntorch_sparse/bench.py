@@ -843,6 +843,7 @@ def main(argv=None):
             rows += bench_config(cfg, args, device, progress)
     csnn_results = [bench_csnn.bench(n, device, args.repeats, args.warmup, args.b_th)
                     for n in dict.fromkeys(csnn)]
+    conv_layers = bench_csnn.conv_layer_bench(device, repeats=args.repeats) if csnn else []
     report = {
         "command": "python -m snntorch_sparse bench " + shlex.join(argv),
         "argv": list(sys.argv),
@@ -859,6 +860,7 @@ def main(argv=None):
         "rows": rows,
         "targets": evaluate_targets(rows, device.type),
         "csnn": csnn_results,
+        "conv_layers": conv_layers,
     }
     report["elapsed_s"] = time.perf_counter() - start
     # Other processes on the machine distort CPU timings (most of all snnTorch's many small
@@ -868,7 +870,8 @@ def main(argv=None):
     with open(stem + ".json", "w") as f:
         json.dump(_clean(report), f, indent=1)
     table = (markdown(report) if rows else "") + (
-        "\n" + bench_csnn.markdown(csnn_results) if csnn_results else "")
+        "\n" + bench_csnn.markdown(csnn_results) + "\n\n"
+        + bench_csnn.conv_layer_markdown(conv_layers) + "\n" if csnn_results else "")
     with open(stem + ".md", "w") as f:
         f.write(table)
     if not args.no_plot and rows:

@@ -177,11 +177,12 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
 // of the group's delta and weight over the taps and output channels; zeros elsewhere. A
 // sample with a set bit has its delta transposed once into row_t ([Ho*Wo, C_out]), which
 // makes the loop over o contiguous in both operands.
-// weight_t: the weight as [cin_g, kH*kW, C_out]. Scratch: row_t, tap and pos (kH*kW).
+// weight_t: the weight as [cin_g, kH*kW, C_out]. Scratch: row_t, sums (cout_g), tap and pos
+// (kH*kW).
 template <typename T>
 SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, const T* weight_t, const int32_t* bits,
                                     const ConvGeometry& g, const Taps& tt, int64_t r0, int64_t r1, T* out, T* row_t,
-                                    int64_t* tap, int64_t* pos) {
+                                    T* sums, int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
   for (int64_t r = r0; r < r1; ++r) {
     T* o_row = out + r * g.chw;
@@ -207,13 +208,17 @@ SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, const T* weight_t, const int
         const int64_t nt = taps_of(g, tt, y, x, tap, pos);
         const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + grp * n;
         const T* dg = row_t + grp * n;
-        T s = 0;
+        // Per-channel partial sums across the taps, reduced once: the tap loop is then
+        // plain vertical vector arithmetic.
+        std::fill(sums, sums + n, T(0));
         for (int64_t t = 0; t < nt; ++t) {
           const T* __restrict wv = wc + tap[t] * g.C_out;
           const T* __restrict dv = dg + pos[t] * g.C_out;
-#pragma omp simd reduction(+ : s)
-          for (int64_t o = 0; o < n; ++o) s += dv[o] * wv[o];
+          T* __restrict sv = sums;
+          for (int64_t o = 0; o < n; ++o) sv[o] += dv[o] * wv[o];
         }
+        T s = 0;
+        for (int64_t o = 0; o < n; ++o) s += sums[o];
         o_row[i] = s;
       }
     }
@@ -248,11 +253,11 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
   const Taps tt(g);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dx_masked_cpu", [&] {
     at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> row_t(g.out_sample);
+      std::vector<scalar_t> row_t(g.out_sample), sums(g.cout_g);
       std::vector<int64_t> tap(K), pos(K);
       conv_dx_rows<scalar_t>(delta.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
                              bits.const_data_ptr<int32_t>(), g, tt, r0, r1, out.mutable_data_ptr<scalar_t>(),
-                             row_t.data(), tap.data(), pos.data());
+                             row_t.data(), sums.data(), tap.data(), pos.data());
     });
   });
   return out;
