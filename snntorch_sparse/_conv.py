@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
-from ._fused import _needs, band_of, band_size, compact_input
+from ._fused import _needs, band_of, band_size, compact_input, few_nonzeros
 from ._ops import first_order_only, ops
 
 #: An input whose share of nonzeros is at most this is kept compact and its ∂W is formed
@@ -74,19 +74,6 @@ class ConvGeometry:
                      zip(in_hw, kernel, self.stride, self.padding, self.dilation))
 
 
-def _sparse_enough(x, csc, compacted):
-    """Whether at most :data:`EVENT_FORWARD_MAX_DENSITY` of ``x`` is nonzero: read off its
-    compact form when the backward made one (none made means too dense to keep compact),
-    else counted."""
-    if csc is not None:
-        nnz = csc[1].numel()
-    elif compacted:
-        return False
-    else:
-        nnz = int(torch.count_nonzero(x))
-    return nnz <= EVENT_FORWARD_MAX_DENSITY * x.numel()
-
-
 class _ConvCurrents(torch.autograd.Function):
     """``conv2d(x, W) + b`` with the sparse backward (see the module docstring)."""
 
@@ -99,7 +86,8 @@ class _ConvCurrents(torch.autograd.Function):
         csc = (compact_input(x.reshape(x.shape[0], -1), COMPACT_INPUT_MAX_DENSITY)
                if need_w and eager else None)
         ctx.x_compact = csc is not None
-        events = eager and x.device.type == "cpu" and _sparse_enough(x, csc, need_w)
+        events = (eager and x.device.type == "cpu"
+                  and few_nonzeros(x, csc, need_w, EVENT_FORWARD_MAX_DENSITY))
         cur = (ops.conv_fwd_events(x, weight, bias, *geo.args()) if events
                else F.conv2d(x, weight, bias, *geo.args()))
         if report is not None and not torch.compiler.is_compiling():

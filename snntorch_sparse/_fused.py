@@ -411,6 +411,26 @@ def compact_input(x2d, max_density=COMPACT_INPUT_MAX_DENSITY):
     return colptr, rows, xvals
 
 
+def few_nonzeros(x, csc, compacted, max_density):
+    """Whether at most ``max_density`` of ``x`` is nonzero (the event-driven forward's
+    condition): read off its compact form ``csc`` when the backward made one (``compacted``
+    and none made means too dense to keep compact), else counted."""
+    if csc is not None:
+        nnz = csc[1].numel()
+    elif compacted:
+        return False
+    else:
+        nnz = int(torch.count_nonzero(x))
+    return nnz <= max_density * x.numel()
+
+
+def event_max_density(n_out):
+    """The input density up to which the event-driven fully connected forward beats the
+    dense GEMM on the CPU (measured on the 2-core CPU of docs/benchmarks.md: a narrow layer
+    pays a per-nonzero cost that a wide one spreads over its outputs)."""
+    return 0.05 if n_out >= 64 else 0.025
+
+
 def _active_csr(bits, nnz, R, n_out):
     """The band's set bits over ``[R, n_out]`` as CSR ``(rowptr int64, cols int32)``.
 
@@ -455,7 +475,18 @@ class _SpikingLinear(torch.autograd.Function):
         n_out = weight.shape[0]
         R = T * B
         x2d = x.reshape(R, n_in)
-        cur = F.linear(x2d, weight, bias).view(T, B * n_out)
+        need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
+        # The input, only if the weight gradient needs it: compact when sparse enough.
+        # Compaction has a data-dependent size: a traced graph keeps the input dense (the
+        # dense GEMM then forms ∂W; equal values), and the library's forward.
+        eager = cfg.sparse and not torch.compiler.is_compiling()
+        csc = compact_input(x2d) if need_w and eager else None
+        events = (eager and x.device.type == "cpu"
+                  and few_nonzeros(x2d, csc, need_w, event_max_density(n_out)))
+        cur = (ops.linear_fwd_events(x2d, weight.t().contiguous(), bias) if events
+               else F.linear(x2d, weight, bias)).view(T, B * n_out)
+        if cfg.report is not None and not torch.compiler.is_compiling():
+            cfg.report["fwd"] = "events" if events else "dense"
         dt = cur.dtype
         step = (B, n_out)
         betaf = _per_element(beta, step, dt, "beta")
@@ -465,16 +496,9 @@ class _SpikingLinear(torch.autograd.Function):
         mem, spk, bits, vals = _neuron_forward(cur, mem0f, betaf, thetaf, nrn,
                                                not cfg.readout)
 
-        need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
-        # The input, only if the weight gradient needs it: compact when sparse enough.
+        ctx.x_compact = csc is not None
         x_saved = (None, None, None, None)
-        ctx.x_compact = False
         if need_w:
-            # Compaction has a data-dependent size: a traced graph keeps the input dense
-            # (the dense GEMM then forms ∂W; equal values).
-            csc = (compact_input(x2d) if cfg.sparse and not torch.compiler.is_compiling()
-                   else None)
-            ctx.x_compact = csc is not None
             x_saved = (None,) + csc if csc is not None else (x2d, None, None, None)
         # The trace form needs β as a python float: read it here (a sync, forward only).
         eligible = (cfg.sparse and not cfg.readout and nrn.banded and beta.numel() == 1

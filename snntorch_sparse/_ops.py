@@ -195,7 +195,7 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dx_masked", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
+       "dx_masked", "linear_fwd_events", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
        "syn_bwd")
 
 
@@ -289,6 +289,10 @@ def _register_fakes():
     @fake("dx_masked")
     def _(delta, weight_t, bits):
         return delta.new_empty(delta.shape[0], weight_t.shape[0])
+
+    @fake("linear_fwd_events")
+    def _(x, weight_t, bias):
+        return x.new_empty(x.shape[0], weight_t.shape[1])
 
     @fake("conv_dw_spikes")
     def _(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation, groups):

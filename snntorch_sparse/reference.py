@@ -263,6 +263,23 @@ class _SpikeRef(torch.autograd.Function):
         return g, None, None, None, None
 
 
+def linear_fwd_events(x, weight_t, bias):
+    """Op ``linear_fwd_events``: the fully connected currents summed over the input's
+    nonzeros (event-driven; DESIGN.md §2):
+
+        I[r, j] = b[j] + Σ_{i: X[r, i] ≠ 0} X[r, i]·Wᵀ[i, j]
+
+    — ``X·Wᵀ + b`` (equal up to the order of the sums) for finite weights, at a cost of
+    ``nnz(X)·n_out`` instead of ``R·n_in·n_out``. ``x [R, n_in]``, ``weight_t [n_in, n_out]``,
+    ``bias [n_out]`` or None.
+    """
+    if x.dim() != 2 or weight_t.dim() != 2 or weight_t.shape[0] != x.shape[1]:
+        raise ValueError(f"linear_fwd_events: `x` [R, n_in] and `weight_t` [n_in, n_out] expected, "
+                         f"got shapes {tuple(x.shape)} and {tuple(weight_t.shape)}")
+    out = x @ weight_t
+    return out if bias is None else out + bias
+
+
 def spike_fn(u, shape=ATAN, p=2.0, b_th=0.2, gamma=1.0):
     """Reference spike with autograd: ``γ·H(u)`` forward, ``γ·g(u)·[|u| < B_th]`` backward."""
     return _SpikeRef.apply(u, shape, p, math.inf if b_th is None else b_th, gamma)

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "common.h"
@@ -254,10 +255,62 @@ Tensor dx_masked_cpu(const Tensor& delta_in, const Tensor& wt_in, const Tensor& 
 
 }  // namespace
 
+// ---------------------------------------------------------------- linear_fwd_events
+// Rows [r0, r1): out[r] = bias + Σ over the nonzeros i of x[r] of x[r, i] * weight_t[i, :]
+// (contiguous rows of the transposed weight). Zeros cost one comparison.
+template <typename T>
+SNN_VECTOR_CLONES void fwd_events_rows(const T* x, const T* wt, const T* bias, T* out, int64_t n_in,
+                                       int64_t n_out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* __restrict o = out + r * n_out;
+    for (int64_t j = 0; j < n_out; ++j) o[j] = bias ? bias[j] : T(0);
+    const T* xr = x + r * n_in;
+    for (int64_t i = 0; i < n_in; ++i) {
+      const T v = xr[i];
+      if (v == T(0)) continue;
+      const T* __restrict w = wt + i * n_out;
+      for (int64_t j = 0; j < n_out; ++j) o[j] += v * w[j];
+    }
+  }
+}
+
+Tensor linear_fwd_events_cpu(const Tensor& x_in, const Tensor& wt_in, const std::optional<Tensor>& bias_in) {
+  constexpr const char* op = "linear_fwd_events";
+  check_float(x_in, op, "x");
+  check_float(wt_in, op, "weight_t");
+  TORCH_CHECK(x_in.dim() == 2, op, ": `x` must be 2-D [R, n_in], got shape ", x_in.sizes());
+  TORCH_CHECK(wt_in.dim() == 2 && wt_in.size(0) == x_in.size(1), op,
+              ": `weight_t` must be [n_in, n_out] with n_in = x.shape[1] = ", x_in.size(1), ", got shape ",
+              wt_in.sizes());
+  TORCH_CHECK(wt_in.scalar_type() == x_in.scalar_type(), op, ": `weight_t` must have the dtype of `x` (",
+              x_in.scalar_type(), "), got ", wt_in.scalar_type());
+  const int64_t R = x_in.size(0), n_in = x_in.size(1), n_out = wt_in.size(1);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_float(*bias_in, op, "bias");
+    TORCH_CHECK(bias_in->scalar_type() == x_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
+                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `x` (", x_in.scalar_type(),
+                "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
+  }
+  Tensor out = at::empty({R, n_out}, x_in.options());
+  if (out.numel() == 0) return out;
+  const Tensor x = x_in.contiguous(), wt = wt_in.contiguous();
+  const Tensor bias = has_bias ? bias_in->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_fwd_events_cpu", [&] {
+    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+      fwd_events_rows<scalar_t>(x.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
+                                has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
+                                out.mutable_data_ptr<scalar_t>(), n_in, n_out, r0, r1);
+    });
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("dw_spikes", &dw_spikes_cpu);
   m.impl("dw_trace", &dw_trace_cpu);
   m.impl("dx_masked", &dx_masked_cpu);
+  m.impl("linear_fwd_events", &linear_fwd_events_cpu);
 }
 
 }  // namespace snntorch_sparse

@@ -1,5 +1,6 @@
-// CUDA kernels of the fully connected layer's sparse gradients: `dw_spikes`, `dw_trace` and
-// `dx_masked` (math: the functions of the same names in snntorch_sparse/reference.py).
+// CUDA kernels of the fully connected layer's sparse gradients, `dw_spikes`, `dw_trace` and
+// `dx_masked`, and of its event-driven forward, `linear_fwd_events` (math: the functions of
+// the same names in snntorch_sparse/reference.py).
 // Rows of delta/eps are r = t*B + b; sparse inputs are CSC over [R, n_in] (by input neuron),
 // the active set of dw_trace is CSR over [R, n_out]. Indices outside their range are skipped
 // rather than checked on the host, which would need a device sync.
@@ -227,6 +228,61 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
   return acc.to(eps_vals.scalar_type());  // no copy when the dtype is already float/double
 }
 
+// ----------------------------------------------------------------- linear_fwd_events
+// Block r owns out[r, :]: its threads stride over j and sum x[r, i]*weight_t[i, j] over the
+// row's nonzeros i (every thread reads the same x[r, i]: one broadcast), starting at the bias.
+template <typename scalar_t>
+__global__ void linear_fwd_events_kernel(const scalar_t* __restrict__ x,
+                                         const scalar_t* __restrict__ weight_t,
+                                         const scalar_t* __restrict__ bias,
+                                         scalar_t* __restrict__ out, int64_t n_in, int64_t n_out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* xr = x + blockIdx.x * n_in;
+  for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) {
+    opmath_t acc = bias != nullptr ? static_cast<opmath_t>(bias[j]) : opmath_t(0);
+    for (int64_t i = 0; i < n_in; ++i) {
+      const opmath_t v = static_cast<opmath_t>(xr[i]);
+      if (v != opmath_t(0)) acc += v * static_cast<opmath_t>(weight_t[i * n_out + j]);
+    }
+    out[blockIdx.x * n_out + j] = static_cast<scalar_t>(acc);
+  }
+}
+
+at::Tensor linear_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight_t_in,
+                                  const std::optional<at::Tensor>& bias_in) {
+  constexpr const char* op = "linear_fwd_events";
+  check_cuda(x_in, op, "x");
+  check_floating(x_in, op, "x");
+  check_dim(x_in, 2, op, "x");
+  check_same_device(weight_t_in, x_in, op, "weight_t");
+  check_same_dtype(weight_t_in, x_in, op, "weight_t", "x");
+  check_dim(weight_t_in, 2, op, "weight_t");
+  TORCH_CHECK(weight_t_in.size(0) == x_in.size(1), op,
+              ": `weight_t` must be [n_in, n_out] with n_in = x.shape[1] = ", x_in.size(1),
+              ", got shape ", weight_t_in.sizes());
+  const int64_t R = x_in.size(0), n_in = x_in.size(1), n_out = weight_t_in.size(1);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_same_device(*bias_in, x_in, op, "bias");
+    check_same_dtype(*bias_in, x_in, op, "bias", "x");
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == n_out, op, ": `bias` must be [n_out] = [",
+                n_out, "], got shape ", bias_in->sizes());
+  }
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight_t = weight_t_in.contiguous();
+  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({R, n_out}, x.options());
+  if (R == 0 || n_out == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_fwd_events", [&] {
+    linear_fwd_events_kernel<scalar_t><<<block_per_item(R, op, "rows"), kThreads, 0, stream()>>>(
+        x.data_ptr<scalar_t>(), weight_t.data_ptr<scalar_t>(),
+        has_bias ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), n_in, n_out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 at::Tensor dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& weight_t_in,
                           const at::Tensor& bits_in) {
   constexpr const char* op = "dx_masked";
@@ -271,4 +327,5 @@ TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
   m.impl("dw_spikes", &snntorch_sparse::cuda::dw_spikes_cuda);
   m.impl("dw_trace", &snntorch_sparse::cuda::dw_trace_cuda);
   m.impl("dx_masked", &snntorch_sparse::cuda::dx_masked_cuda);
+  m.impl("linear_fwd_events", &snntorch_sparse::cuda::linear_fwd_events_cuda);
 }
