@@ -148,8 +148,11 @@ def test_dense_and_sparse_start_identical_and_record(digits):
         cfg = paper.Config(backward=mode, hidden=48, epochs=2, max_batches=3, seed=5)
         runs[mode] = paper.train(cfg, datasets=digits)
     d, s = runs["dense"], runs["sparse"]
-    # same seed: same initial weights and the same first batch, so the same first forward
-    assert d["history"][0]["loss"] == s["history"][0]["loss"]
+    # same seed: same initial weights and the same first batch, so the same first forward —
+    # up to float32 rounding: the sparse mode's CPU forward sums the input spikes' weights
+    # (event-driven) in another order than the dense GEMM (bitwise equality of the two
+    # forwards on exact sums: tests/test_events.py)
+    assert math.isclose(d["history"][0]["loss"], s["history"][0]["loss"], rel_tol=1e-6)
     assert d["history"][0]["activity"] == s["history"][0]["activity"]
     for res in (d, s):
         assert len(res["history"]) == 6 and len(res["epochs"]) == 2
