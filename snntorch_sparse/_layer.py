@@ -22,7 +22,6 @@ from torch import nn
 
 from . import _fused, surrogate
 from .reference import NONE, RESETS
-from .surrogate import DEFAULT_B_TH
 
 BACKWARDS = ("sparse", "dense", "rate")
 
