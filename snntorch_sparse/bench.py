@@ -841,9 +841,11 @@ def main(argv=None):
               file=sys.stderr) as progress:
         for cfg in configs:
             rows += bench_config(cfg, args, device, progress)
-    csnn_results = [bench_csnn.bench(n, device, args.repeats, args.warmup, args.b_th)
-                    for n in dict.fromkeys(csnn)]
-    conv_layers = bench_csnn.conv_layer_bench(device, repeats=args.repeats) if csnn else []
+    csnn_results = [bench_csnn.bench(n, device, args.repeats, args.warmup, args.b_th,
+                                     quick=args.quick) for n in dict.fromkeys(csnn)]
+    conv_layers = (bench_csnn.conv_layer_bench(device, repeats=args.repeats,
+                                               **({"T": 4, "B": 4} if args.quick else {}))
+                   if csnn else [])
     report = {
         "command": "python -m snntorch_sparse bench " + shlex.join(argv),
         "argv": list(sys.argv),

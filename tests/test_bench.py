@@ -163,3 +163,26 @@ def test_unwritable_out_fails_before_running(capsys, tmp_path):
     assert time.perf_counter() - start < 5  # nothing was benchmarked
     err = capsys.readouterr().err.strip()
     assert "--out" in err and "cannot write" in err and "\n" not in err
+
+
+def test_quick_csnn_run_reports_every_implementation(tmp_path):
+    """``--config csnn --quick``: snnTorch's tutorial CSNNs at tiny sizes, the three
+    implementations with their timings, kept and peak bytes, FLOP floors and layer costs,
+    and the one-layer backward table."""
+    rc = bench.main(["--device", "cpu", "--config", "csnn", "--quick", "--repeats", "1",
+                     "--warmup", "0", "--no-plot", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert [r["config"] for r in report["csnn"]] == ["csnn-tutorial6", "csnn-tutorial7"]
+    for res in report["csnn"]:
+        assert [r["method"] for r in res["rows"]] == ["snntorch", "fused_dense", "fused_sparse"]
+        for r in res["rows"]:
+            assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0 and r["kept_bytes"] > 0
+            assert r["peak_bytes"] is not None and r["floor_gmacs"] > 0
+        # the sparse floor never exceeds the dense one
+        assert res["rows"][2]["floor_gmacs"] <= res["rows"][1]["floor_gmacs"]
+        assert [c["layer"] for c in res["layers"]] == ["Conv2d", "Conv2d", "Linear"]
+    assert len(report["conv_layers"]) == 6 and all(r["speedup"] > 0
+                                                   for r in report["conv_layers"])
+    table = (tmp_path / "bench_cpu.md").read_text()
+    assert "**csnn-tutorial6**" in table and "| tutorial7 conv2 |" in table
