@@ -76,6 +76,12 @@ class Neuron:
     def banded(self):
         return math.isfinite(self.b_th)
 
+    @classmethod
+    def of(cls, gamma, reset, shape, p, b_th):
+        """The options from a call's arguments; ``b_th`` None is the dense surrogate."""
+        return cls(float(gamma), int(reset), int(shape), float(p),
+                   math.inf if b_th is None else b_th)
+
 
 # ---------------------------------------------------------------------------- bits
 # Byte-wise bit packing with the layout of ``reference.pack_bits`` (element ``k`` is bit
@@ -251,6 +257,27 @@ def _mark_band(spk, bits, vals, nrn):
     return tag_band(spk, bits, vals.numel()) if nrn.banded else spk
 
 
+def check_sequence_args(cur, states, b_th, where, owner):
+    """Validate a whole-sequence neuron call: ``cur`` a floating-point ``[T, B, ...]`` with
+    ``T ≥ 1``, each initial state (``{name: tensor or None}``) a tensor or None, ``b_th`` a
+    fixed band (an adaptive one lives in ``owner``). Returns the checked ``b_th``."""
+    if not isinstance(cur, torch.Tensor) or not cur.is_floating_point() or cur.dim() < 2:
+        raise ValueError("cur must be a floating-point tensor [T, B, ...] (time first), got "
+                         + (f"{cur.dtype} of shape {tuple(cur.shape)}"
+                            if isinstance(cur, torch.Tensor) else type(cur).__name__))
+    if cur.shape[0] == 0:
+        raise ValueError("cur must hold at least one time step, got T = 0")
+    for name, state in states.items():
+        if state is not None and not isinstance(state, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor broadcastable to one step "
+                            f"{list(cur.shape[1:])} or None, got {type(state).__name__}")
+    b_th = _check_b_th(b_th)
+    if isinstance(b_th, AdaptiveBand):
+        raise ValueError(f"{where} takes a fixed b_th (a float or None); an adaptive band "
+                         f"lives in {owner}, which passes its current width")
+    return b_th
+
+
 # ---------------------------------------------------------------------- lif_sequence
 class _LIFSequence(torch.autograd.Function):
     """A Leaky layer over a whole sequence (see :func:`lif_sequence`)."""
@@ -345,20 +372,8 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         >>> spk, mem = lif_sequence(cur, None, torch.tensor(0.9), torch.tensor(1.0))
         >>> spk.sum().backward()     # cur.grad is non-zero only through the band
     """
-    if not isinstance(cur, torch.Tensor) or not cur.is_floating_point() or cur.dim() < 2:
-        raise ValueError("cur must be a floating-point tensor [T, B, ...] (time first), got "
-                         + (f"{cur.dtype} of shape {tuple(cur.shape)}"
-                            if isinstance(cur, torch.Tensor) else type(cur).__name__))
-    if cur.shape[0] == 0:
-        raise ValueError("cur must hold at least one time step, got T = 0")
-    if mem0 is not None and not isinstance(mem0, torch.Tensor):
-        raise TypeError("mem0 must be a tensor broadcastable to one step "
-                        f"{list(cur.shape[1:])} or None, got {type(mem0).__name__}")
-    b_th = _check_b_th(b_th)
-    if isinstance(b_th, AdaptiveBand):
-        raise ValueError("lif_sequence takes a fixed b_th (a float or None); an adaptive band "
-                         "lives in snntorch_sparse.Leaky / SpikingLinear, which pass its "
-                         "current width")
+    b_th = check_sequence_args(cur, {"mem0": mem0}, b_th, "lif_sequence",
+                               "snntorch_sparse.Leaky / SpikingLinear")
     work = compute_dtype(cur)
     if work != cur.dtype:  # float16/bfloat16 on the CPU: computed in float32
         spk, mem = lif_sequence(cur.to(work), None if mem0 is None else mem0.to(work), beta,
@@ -367,8 +382,7 @@ def lif_sequence(cur, mem0, beta, theta, *, gamma=1.0, reset=SUBTRACT, shape=ATA
         return _cast_spikes(spk, cur.dtype), mem.to(cur.dtype)
     beta = torch.as_tensor(beta, device=cur.device)
     theta = torch.as_tensor(theta, device=cur.device)
-    nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
-                 math.inf if b_th is None else b_th)
+    nrn = Neuron.of(gamma, reset, shape, p, b_th)
     spk, mem, bits, vals = _LIFSequence.apply(cur, mem0, beta, theta, nrn,
                                               torch.is_grad_enabled())
     if stats is not None:

@@ -14,7 +14,6 @@ says what its currents are: its weights, its input check, and which fused Functi
 runs each strategy (:meth:`SpikingLayer._forward_fused`, :meth:`SpikingLayer._forward_rate`).
 """
 
-import math
 import numbers
 
 import torch
@@ -115,10 +114,9 @@ class SpikingLayer(nn.Module):
     def _config(self):
         sg = self.spike_grad
         width = sg.b_th  # an adaptive band's current width
-        b_th = math.inf if (width is None or self.backward == "dense") else width
-        nrn = _fused.Neuron(self.graded_spikes_factor,
-                            NONE if self.readout else RESETS.index(self.reset_mechanism),
-                            sg.shape, sg.p, b_th)
+        nrn = _fused.Neuron.of(self.graded_spikes_factor,
+                               NONE if self.readout else RESETS.index(self.reset_mechanism),
+                               sg.shape, sg.p, None if self.backward == "dense" else width)
         return _fused.LinearConfig(nrn, sparse=self.backward == "sparse",
                                    readout=self.readout, dw_form=self._dw_form,
                                    report=self._report)

@@ -19,16 +19,13 @@ Storage: the band (bits + in-band values), the reset flags as bits when needed, 
 current only when α requires grad and the dense membrane only when β does.
 """
 
-import math
-
 import torch
 
 from ._fused import (Neuron, _beta_grad, _cast_spikes, _empty_bits, _mark_band, _meta,
                      _needs, _needs_rbits, _per_element, _previous, _reduce, _reset_bits,
-                     _theta_grad)
+                     _theta_grad, check_sequence_args)
 from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, SUBTRACT
-from .surrogate import AdaptiveBand, _check_b_th
 
 
 class _SynapticSequence(torch.autograd.Function):
@@ -147,21 +144,8 @@ def synaptic_sequence(cur, syn0, mem0, alpha, beta, theta, *, gamma=1.0, reset=S
         ...                                   torch.tensor(0.8), torch.tensor(1.0))
         >>> spk.sum().backward()     # cur.grad is non-zero only through the band
     """
-    if not isinstance(cur, torch.Tensor) or not cur.is_floating_point() or cur.dim() < 2:
-        raise ValueError("cur must be a floating-point tensor [T, B, ...] (time first), got "
-                         + (f"{cur.dtype} of shape {tuple(cur.shape)}"
-                            if isinstance(cur, torch.Tensor) else type(cur).__name__))
-    if cur.shape[0] == 0:
-        raise ValueError("cur must hold at least one time step, got T = 0")
-    for name, state in (("syn0", syn0), ("mem0", mem0)):
-        if state is not None and not isinstance(state, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor broadcastable to one step "
-                            f"{list(cur.shape[1:])} or None, got {type(state).__name__}")
-    b_th = _check_b_th(b_th)
-    if isinstance(b_th, AdaptiveBand):
-        raise ValueError("synaptic_sequence takes a fixed b_th (a float or None); an adaptive "
-                         "band lives in snntorch_sparse.Synaptic, which passes its current "
-                         "width")
+    b_th = check_sequence_args(cur, {"syn0": syn0, "mem0": mem0}, b_th, "synaptic_sequence",
+                               "snntorch_sparse.Synaptic")
     work = compute_dtype(cur)
     if work != cur.dtype:  # float16/bfloat16 on the CPU: computed in float32
         cast = lambda t: None if t is None else t.to(work)  # noqa: E731
@@ -170,8 +154,7 @@ def synaptic_sequence(cur, syn0, mem0, alpha, beta, theta, *, gamma=1.0, reset=S
                                           b_th=b_th, stats=stats)
         return _cast_spikes(spk, cur.dtype), syn.to(cur.dtype), mem.to(cur.dtype)
     alpha, beta, theta = (torch.as_tensor(v, device=cur.device) for v in (alpha, beta, theta))
-    nrn = Neuron(float(gamma), int(reset), int(shape), float(p),
-                 math.inf if b_th is None else b_th)
+    nrn = Neuron.of(gamma, reset, shape, p, b_th)
     spk, syn, mem, bits, vals = _SynapticSequence.apply(cur, syn0, mem0, alpha, beta, theta,
                                                         nrn, torch.is_grad_enabled())
     if stats is not None:

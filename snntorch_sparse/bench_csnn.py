@@ -50,30 +50,25 @@ CONFIGS = tuple(SIZES)
 
 
 # ----------------------------------------------------------------- models and data
+def _csnn(snn, spike_grad, c_in, c_mid, hw):
+    """The tutorials' CSNN: Conv(c_in→12, 5) → MaxPool 2 → Leaky → Conv(12→c_mid, 5) →
+    MaxPool 2 → Leaky → Flatten → Linear(c_mid·hw·hw → 10) → Leaky(output), β = 0.5."""
+    def leaky(**kw):
+        return snn.Leaky(beta=0.5, spike_grad=spike_grad, init_hidden=True, **kw)
+    return nn.Sequential(nn.Conv2d(c_in, 12, 5), nn.MaxPool2d(2), leaky(),
+                         nn.Conv2d(12, c_mid, 5), nn.MaxPool2d(2), leaky(),
+                         nn.Flatten(), nn.Linear(c_mid * hw * hw, 10), leaky(output=True))
+
+
 def tutorial6(snn):
-    """snnTorch tutorial 6's CSNN (``snn``: ``snntorch`` or ``snntorch_sparse``)."""
-    spike_grad = surrogate.fast_sigmoid(slope=25)
-    beta = 0.5
-    return nn.Sequential(nn.Conv2d(1, 12, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Conv2d(12, 64, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True,
-                                   output=True))
+    """snnTorch tutorial 6's CSNN (``snn``: ``snntorch`` or ``snntorch_sparse``): MNIST
+    images, fast sigmoid (slope 25)."""
+    return _csnn(snn, surrogate.fast_sigmoid(slope=25), 1, 64, 4)
 
 
 def tutorial7(snn):
-    """snnTorch tutorial 7's N-MNIST CSNN."""
-    spike_grad = surrogate.atan()
-    beta = 0.5
-    return nn.Sequential(nn.Conv2d(2, 12, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Conv2d(12, 32, 5), nn.MaxPool2d(2),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
-                         nn.Flatten(), nn.Linear(32 * 5 * 5, 10),
-                         snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True,
-                                   output=True))
+    """snnTorch tutorial 7's N-MNIST CSNN: two polarities, atan."""
+    return _csnn(snn, surrogate.atan(), 2, 32, 5)
 
 
 def mnist_like(batch, seed, n_batches):

@@ -1,7 +1,5 @@
 """Drop-in sparse ``Leaky``: :class:`snntorch.Leaky` with a band-limited surrogate."""
 
-import math
-
 import snntorch
 import torch
 
@@ -157,8 +155,8 @@ class Leaky(BandedNeuron, snntorch.Leaky):
         # from the first step on; the fused sequence computes in that dtype too.
         work = torch.promote_types(cur_seq.dtype, torch.float32)
         if rate:  # no band tag: the rate input gradient is not limited to a band
-            nrn = _fused.Neuron(1.0, reference.RESETS.index(self.reset_mechanism), sg.shape,
-                                sg.p, math.inf if width is None else width)
+            nrn = _fused.Neuron.of(1.0, reference.RESETS.index(self.reset_mechanism),
+                                   sg.shape, sg.p, width)
             spk, mem_seq = _rate.rate_lif_sequence(cur_seq.to(work), mem.to(work),
                                                    self.beta.clamp(0, 1), self.threshold, nrn)
             return spk.float() * self.graded_spikes_factor, mem_seq

@@ -515,18 +515,22 @@ def syn_fwd(cur, syn0, mem0, alpha, beta, theta, reset):
     syn, mem = syn0, mem0
     syns, mems = [], []
     for t in range(cur.shape[0]):
-        r = (mem - theta > 0).to(cur.dtype)
-        syn = alpha * syn + cur[t]
-        base = beta * mem + syn
-        if reset == SUBTRACT:
-            mem = base - r * theta
-        elif reset == ZERO:
-            mem = base - base * r
-        else:
-            mem = base
+        syn, mem = _syn_step(cur[t], syn, mem, alpha, beta, theta, reset)
         syns.append(syn)
         mems.append(mem)
     return torch.stack(syns), torch.stack(mems)
+
+
+def _syn_step(cur_t, syn, mem, alpha, beta, theta, reset):
+    """One step of :func:`syn_fwd` (the reset flag detached, as snnTorch's)."""
+    r = (mem - theta > 0).to(cur_t.dtype).detach()
+    syn = alpha * syn + cur_t
+    base = beta * mem + syn
+    if reset == SUBTRACT:
+        return syn, base - r * theta
+    if reset == ZERO:
+        return syn, base - base * r
+    return syn, base
 
 
 def syn_bwd(eps_mem, grad_syn, alpha, beta, rbits, reset):
@@ -574,15 +578,7 @@ def synaptic_sequence(cur, syn0, mem0, alpha, beta, theta, gamma=1.0, reset=SUBT
     syn, mem = syn0, mem0
     spks, syns, mems = [], [], []
     for t in range(cur.shape[0]):
-        r = (mem - theta > 0).to(cur.dtype).detach()
-        syn = alpha * syn + cur[t]
-        base = beta * mem + syn
-        if reset == SUBTRACT:
-            mem = base - r * theta
-        elif reset == ZERO:
-            mem = base - base * r
-        else:
-            mem = base
+        syn, mem = _syn_step(cur[t], syn, mem, alpha, beta, theta, reset)
         spks.append(spike_fn(mem - theta, shape, p, b_th, gamma))
         syns.append(syn)
         mems.append(mem)
