@@ -12,7 +12,8 @@ then ``(S, bits, vals) = spike(U − θ)``: the spikes and the compact band
 ``{|U − θ| < B_th}`` (bits + in-band values, see ``reference``).
 
 Backward: ``ε = γ·g(u)·[|u| < B_th]·e + m`` (``e = ∂L/∂S``, ``m = ∂L/∂U`` when the membrane
-is an output), the reverse scan ``Δ[t] = ε[t] + a[t+1]·Δ[t+1]`` (``lif_bwd``), then
+is an output) and the reverse scan ``Δ[t] = ε[t] + a[t+1]·Δ[t+1]`` in one pass
+(``lif_bwd_band``: ``ε`` is formed a step at a time, the surrogate only in the band), then
 ``∂L/∂I = Δ``, ``∂L/∂U[0] = a[1]·Δ[1]`` and, when they require grad,
 
     ∂L/∂β = Σ_t Δ[t]·U[t−1]  (·(1 − r[t]) for reset "zero")
@@ -151,16 +152,20 @@ def _reset_bits(mem0f, mem, thetaf):
 
 
 def _neuron_backward(grad_spk, grad_mem, bits, vals, betaf, rbits, nrn):
-    """``(Δ [T, M], ∂L/∂U[0] [M], band part of ε or None)`` from the output gradients."""
-    band = None
-    if grad_spk is not None:
-        band = ops.band_grad(grad_spk, bits, vals, nrn.shape, nrn.p, nrn.gamma, False)
-    if grad_mem is None:
-        eps = band
-    else:
-        eps = grad_mem if band is None else band + grad_mem
-    delta, dmem0 = ops.lif_bwd(eps.contiguous(), betaf, rbits, nrn.reset)
-    return delta, dmem0, band
+    """``(Δ [T, M], ∂L/∂U[0] [M])`` from the output gradients, in one pass: the surrogate
+    is evaluated only in the band and no dense ``ε`` is formed (``lif_bwd_band``)."""
+    if grad_spk is None:
+        return ops.lif_bwd(grad_mem.contiguous(), betaf, rbits, nrn.reset)
+    return ops.lif_bwd_band(grad_spk, bits, vals, grad_mem, betaf, rbits, nrn.shape, nrn.p,
+                            nrn.gamma, nrn.reset)
+
+
+def _band_part(grad_spk, bits, vals, nrn):
+    """The band part ``γ·g(u)·[band]·e`` of ``ε`` (None without a spike gradient), which
+    only a learnable θ needs on its own."""
+    if grad_spk is None:
+        return None
+    return ops.band_grad(grad_spk, bits, vals, nrn.shape, nrn.p, nrn.gamma, False)
 
 
 def _beta_grad(delta, mem, mem0f, rbits, nrn):
@@ -319,15 +324,16 @@ class _LIFSequence(torch.autograd.Function):
         T = like.shape[0]
         flat = lambda g: None if g is None else g.reshape(T, -1)  # noqa: E731
         betaf = _per_element(beta, step, like.dtype, "beta")
-        delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
-                                              betaf, rbits, nrn)
+        delta, dmem0 = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals, betaf,
+                                        rbits, nrn)
         need_cur, need_mem0, need_beta, need_theta, _, _ = ctx.needs_input_grad
         beta_meta, theta_meta, mem0_meta = ctx.meta
         d_cur = delta.view(T, *step) if need_cur else None
         d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
         d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
                   if need_beta else None)
-        d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
+        d_theta = (_reduce(_theta_grad(delta, _band_part(flat(grad_spk), bits, vals, nrn),
+                                       rbits, nrn), step, theta_meta)
                    if need_theta else None)
         return d_cur, d_mem0, d_beta, d_theta, None, None
 
@@ -555,8 +561,8 @@ class _SpikingLinear(torch.autograd.Function):
         step = (B, n_out)
         flat = lambda g: None if g is None else g.reshape(T, B * n_out)  # noqa: E731
         betaf = _per_element(beta, step, dt, "beta")
-        delta, dmem0, band = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals,
-                                              betaf, rbits, nrn)
+        delta, dmem0 = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals, betaf,
+                                        rbits, nrn)
         delta2d = delta.view(R, n_out)
         need_x, need_w, need_b, need_beta, need_theta, need_mem0, _, _, _ = ctx.needs_input_grad
 
@@ -590,7 +596,8 @@ class _SpikingLinear(torch.autograd.Function):
         d_b = delta2d.sum(0) if need_b else None
         d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
                   if need_beta else None)
-        d_theta = (_reduce(_theta_grad(delta, band, rbits, nrn), step, theta_meta)
+        d_theta = (_reduce(_theta_grad(delta, _band_part(flat(grad_spk), bits, vals, nrn),
+                                       rbits, nrn), step, theta_meta)
                    if need_theta else None)
         d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
         return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None

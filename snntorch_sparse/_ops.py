@@ -194,7 +194,7 @@ def _define_schemas():
 
 
 _LIBS = []  # keeps Python-side registrations alive
-OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "nonzero_csc", "dw_spikes", "dw_trace",
+OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "lif_bwd_band", "nonzero_csc", "dw_spikes", "dw_trace",
        "dx_masked", "linear_fwd_events", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
        "syn_bwd")
 
@@ -260,6 +260,10 @@ def _register_fakes():
     @fake("lif_bwd")
     def _(eps, beta, rbits, reset):
         return eps.new_empty(eps.shape), eps.new_empty(eps.shape[1:])
+
+    @fake("lif_bwd_band")
+    def _(grad_spk, bits, vals, grad_mem, beta, rbits, shape, p, gamma, reset):
+        return grad_spk.new_empty(grad_spk.shape), grad_spk.new_empty(grad_spk.shape[1:])
 
     @fake("syn_fwd")
     def _(cur, syn0, mem0, alpha, beta, theta, reset):

@@ -13,7 +13,7 @@ outputs are bitwise equal). Of a layer it keeps only ``O(B·N)`` tensors, indepe
     β(1 - r[t]) \;(\text{zero})
 
 ``e`` is computed with the existing ops: ``Σ_t lif_bwd(dS/dU, a)[t] = Σ_t κ[t]·dS/dU[t]``
-(``dS/dU`` from ``band_grad``, so γ and a finite band enter it).
+(``lif_bwd_band`` of a unit spike gradient, so γ and a finite band enter it).
 
 Backward, ``G[t] = ∂L/∂S[t]``: ``ĝ = Σ_t G[t]``, ``δ = e ⊙ ĝ``, ``∂W = δᵀ·x̄``,
 ``∂b = Σ_b δ``, ``∂X[t] = δ·W / T`` for every t (returned expanded over T, not
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
-from ._fused import _empty_bits, _needs_rbits, _neuron_forward, _per_element, _reset_bits
+from ._fused import (_empty_bits, _needs_rbits, _neuron_backward, _neuron_forward, _per_element,
+                     _reset_bits)
 from ._ops import compute_dtype, first_order_only, ops
 from .reference import NONE
 
@@ -48,10 +49,9 @@ def _check_fixed(beta, theta, mem0, where):
 
 def _eligibility(mem, mem0f, betaf, thetaf, bits, vals, nrn):
     """``e = (1/T)·Σ_t κ[t]·dS/dU[t]`` ``[M]`` from the forward's membrane and band."""
-    sg = ops.band_grad(torch.ones_like(mem), bits, vals, nrn.shape, nrn.p, nrn.gamma, False)
     rbits = (_reset_bits(mem0f, mem, thetaf) if _needs_rbits(nrn, False)
              else _empty_bits(mem.device))
-    delta, _ = ops.lif_bwd(sg, betaf, rbits, nrn.reset)
+    delta, _ = _neuron_backward(torch.ones_like(mem), None, bits, vals, betaf, rbits, nrn)
     return delta.mean(0)
 
 

@@ -157,6 +157,19 @@ def lif_bwd(eps, beta, rbits, reset):
     return delta, a[0] * delta[0]
 
 
+def lif_bwd_band(grad_spk, bits, vals, grad_mem, beta, rbits, shape, p, gamma, reset):
+    """Op ``lif_bwd_band``: :func:`lif_bwd` of ``eps = band_grad(grad_spk) (+ grad_mem)``,
+    the neuron backward of a layer from its output gradients (``grad_mem`` may be None).
+
+    The compiled kernels form ``eps`` one step at a time and evaluate the surrogate only at
+    the band's elements, so no dense ``eps`` exists.
+    """
+    eps = band_grad(grad_spk, bits, vals, shape, p, gamma, False)
+    if grad_mem is not None:
+        eps = eps + grad_mem
+    return lif_bwd(eps, beta, rbits, reset)
+
+
 def nonzero_csc(x, max_density):
     """Op ``nonzero_csc``: the nonzeros of ``x [R, n_in]`` by column (CSC), the input
     format of :func:`dw_spikes` / :func:`dw_trace`.

@@ -249,6 +249,34 @@ def test_lif_bwd(device, gen, dtype, shape, reset):
     assert_same(dmem0, e_dmem0, device)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LIF_SHAPES + [(7, 45), (3, 1100)])  # rows not word-aligned
+@pytest.mark.parametrize("reset", [ref.SUBTRACT, ref.ZERO, ref.NONE])
+@pytest.mark.parametrize("activity", [0.0, 0.05, 0.5, "dense"])
+@pytest.mark.parametrize("with_mem", [False, True], ids=["spk", "spk+mem"])
+def test_lif_bwd_band(device, gen, dtype, shape, reset, activity, with_mem):
+    """The fused neuron backward equals lif_bwd(band_grad(grad_spk) + grad_mem) — bit for bit
+    on the CPU in float64 — for every surrogate, band width and reset."""
+    T, M = shape
+    u = randn(shape, gen, dtype, scale=0.5)
+    b_th = math.inf if activity == "dense" else band_threshold(u, activity)
+    beta, _ = lif_params(M, gen, dtype)
+    rbits = ref.pack_bits(mask(T * M, 0.3, gen)) if reset == ref.ZERO else torch.empty(0, dtype=torch.int32)
+    grad_mem = randn(shape, gen, dtype) if with_mem else None
+    for surrogate in P:
+        _, bits, vals = ref.spike(u, surrogate, P[surrogate], b_th, 1.0)
+        grad = randn(shape, gen, dtype)
+        (delta, dmem0), (e_delta, e_dmem0) = run(
+            "lif_bwd_band", device, grad, bits, vals, grad_mem, beta, rbits, surrogate,
+            P[surrogate], 0.75, reset)
+        assert_same(delta, e_delta, device)
+        assert_same(dmem0, e_dmem0, device)
+        # and it is the composition of the two ops it fuses
+        eps = ref.band_grad(grad, bits, vals, surrogate, P[surrogate], 0.75, False)
+        want = ref.lif_bwd(eps if grad_mem is None else eps + grad_mem, beta, rbits, reset)
+        assert torch.equal(e_delta, want[0]) and torch.equal(e_dmem0, want[1])
+
+
 def test_lif_ops_non_contiguous_inputs(device, gen):
     big = randn((12, 80), gen, torch.float64, scale=0.6, shift=0.3)
     cur = big[:, ::2]  # [12, 40], strided
@@ -355,6 +383,10 @@ def opcheck_cases(gen):
                                             1.0, True)),
         "lif_fwd": ("lif_fwd", (u, randn(45, gen, f64), beta, theta, ref.SUBTRACT)),
         "lif_bwd": ("lif_bwd", (u, beta, ref.pack_bits(mask(6 * 45, 0.3, gen)), ref.ZERO)),
+        "lif_bwd_band": ("lif_bwd_band", (randn((6, 45), gen, f64), bits, vals,
+                                          randn((6, 45), gen, f64), beta,
+                                          ref.pack_bits(mask(6 * 45, 0.3, gen)), ref.ATAN, 2.0,
+                                          1.0, ref.ZERO)),
         "dw_spikes": ("dw_spikes", (randn((T * B, n_out), gen, f64), colptr, rows, xvals, n_in)),
         "dw_trace": ("dw_trace", (rowptr, cols, eps_vals, colptr, rows, xvals, 0.9, T, B, n_out)),
         "dx_masked": ("dx_masked", (randn((T * B, n_out), gen, f64), randn((n_in, n_out), gen, f64),
@@ -363,7 +395,8 @@ def opcheck_cases(gen):
 
 
 @pytest.mark.parametrize("case", ["spike", "spike_dense", "band_grad", "band_grad_compact",
-                                  "lif_fwd", "lif_bwd", "dw_spikes", "dw_trace", "dx_masked"])
+                                  "lif_fwd", "lif_bwd", "lif_bwd_band", "dw_spikes", "dw_trace",
+                                  "dx_masked"])
 def test_opcheck(device, gen, case):
     op, args = opcheck_cases(gen)[case]
     args = tuple(a.detach().to(device).requires_grad_(a.requires_grad)
@@ -394,6 +427,20 @@ def bad_call_cases():
         ("lif_bwd", (cur, v, torch.zeros(0, dtype=i32), ref.ZERO), "rbits"),
         ("lif_bwd", (cur, v, torch.zeros(1, dtype=torch.int64), ref.ZERO), "rbits"),
         ("lif_bwd", (cur, torch.zeros(6, dtype=f64), e.int(), ref.NONE), "beta"),
+        ("lif_bwd_band", (cur.int(), e.int(), torch.zeros(20, dtype=f64), None, v, e.int(), 0, 2.0,
+                          1.0, 0), "grad_spk"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(19, dtype=f64), None, v, e.int(), 0, 2.0, 1.0,
+                          0), "vals"),
+        ("lif_bwd_band", (cur, torch.zeros(2, dtype=i32), e, None, v, e.int(), 0, 2.0, 1.0, 0),
+         "bits"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur[:3], v, e.int(), 0, 2.0,
+                          1.0, 0), "grad_mem"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur.float(), v, e.int(), 0,
+                          2.0, 1.0, 0), "grad_mem"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, v.float(), e.int(), 0,
+                          2.0, 1.0, 0), "beta"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, v, e.int(), 0, 2.0,
+                          1.0, ref.ZERO), "rbits"),
         ("dw_spikes", (cur, colptr, rows.long(), e, 2), "rows"),
         ("dw_spikes", (cur, colptr.int(), rows, e, 2), "colptr"),
         ("dw_spikes", (cur, colptr, rows, e, 3), "colptr"),

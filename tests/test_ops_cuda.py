@@ -218,6 +218,38 @@ def test_lif_bwd(dtype, reset):
     check(dmem0, want_dmem0, dtype, terms=2 * T + 3, scale=scale)
 
 
+# -------------------------------------------------------------------- lif_bwd_band
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("reset", range(3), ids=ref.RESETS)
+@pytest.mark.parametrize("b_th", [0.3, math.inf], ids=["band", "dense"])
+def test_lif_bwd_band(dtype, reset, b_th):
+    """The fused neuron backward against the two ops it fuses: ε = band_grad(grad_spk)
+    (+ grad_mem), rounded to ``dtype`` as those ops round it, then the float64 scan; bit
+    for bit in float64."""
+    g = gen(250 + reset)
+    T, M = 37, 1031  # T*M not a multiple of 32: rows straddle band words
+    u, _ = randn(T, M, dtype=dtype, g=g, scale=0.5)
+    grad, _ = randn(T, M, dtype=dtype, g=g)
+    gmem, _ = randn(T, M, dtype=dtype, g=g)
+    beta, beta64 = uniform(M, lo=0.5, hi=1.0, dtype=dtype, g=g)
+    rbits = (ref.pack_bits(torch.rand(T, M, generator=g) < 0.2) if reset == ref.ZERO
+             else torch.empty(0, dtype=torch.int32))
+    _, bits, vals = ops.spike(u, ref.FAST_SIGMOID, 25.0, b_th, 1.0)
+    for mem in (False, True):
+        delta, dmem0 = call("lif_bwd_band", grad, bits, vals, gmem if mem else None, beta,
+                            rbits.cuda(), ref.FAST_SIGMOID, 25.0, 0.75, reset)
+        eps = ops.band_grad(grad, bits, vals, ref.FAST_SIGMOID, 25.0, 0.75, False)
+        eps = (eps + gmem if mem else eps).double().cpu()
+        want_delta, want_dmem0 = ref.lif_bwd(eps, beta64, rbits, reset)
+        assert delta.dtype == dmem0.dtype == dtype
+        if dtype == torch.float64:  # bit for bit (needs --fmad=false)
+            assert torch.equal(delta.cpu(), want_delta) and torch.equal(dmem0.cpu(), want_dmem0)
+            continue
+        scale = torch.cat([want_delta.abs(), eps.abs()]).amax(0)  # per neuron
+        check(delta, want_delta, dtype, terms=2 * T + 2, scale=scale.expand(T, -1))
+        check(dmem0, want_dmem0, dtype, terms=2 * T + 3, scale=scale)
+
+
 # ----------------------------------------------------------------------- dw_spikes
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("binary", [True, False], ids=["spikes", "valued"])
@@ -429,6 +461,8 @@ def test_host_syncs():
         "band_grad (compact)": lambda: ops.band_grad(u, bits, vals, 0, 25.0, 1.0, True),
         "lif_fwd": lambda: ops.lif_fwd(x, v, v, v, ref.SUBTRACT),
         "lif_bwd": lambda: ops.lif_bwd(x, v, bits, ref.ZERO),
+        "lif_bwd_band": lambda: ops.lif_bwd_band(u.view(4, 250), bits, vals, None, v, bits,
+                                                 0, 25.0, 1.0, ref.ZERO),
         "dw_spikes": lambda: ops.dw_spikes(x, colptr, rows, none, 2),
         "dw_trace": lambda: ops.dw_trace(rowptr, cols, eps, colptr, rows, none, 0.9, 2, 2, 250),
         "dx_masked": lambda: ops.dx_masked(x, wt, all_bits),

@@ -10,63 +10,14 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
-#include "common.h"
-#include "cpu/checks.h"
+#include "cpu/band.h"
 
 namespace snntorch_sparse {
 namespace {
 
 using at::Tensor;
-
-// Words per chunk (8192 elements): enough work to amortise a task, few enough chunks
-// that the serial prefix over them is negligible.
-constexpr int64_t kChunkWords = 256;
-
-void check_shape_id(int64_t shape, const char* op) {
-  TORCH_CHECK(shape >= FAST_SIGMOID && shape <= STRAIGHT_THROUGH, op,
-              ": `shape` must be a surrogate id in 0..4 (fast_sigmoid, atan, sigmoid, "
-              "triangular, straight_through), got ",
-              shape);
-}
-
-// Calls f(std::integral_constant<int64_t, shape>) so that surrogate_grad's switch is
-// resolved at compile time and the element loops can vectorise.
-template <typename F>
-void with_shape(int64_t shape, F&& f) {
-  switch (shape) {
-    case FAST_SIGMOID: f(std::integral_constant<int64_t, FAST_SIGMOID>()); break;
-    case ATAN: f(std::integral_constant<int64_t, ATAN>()); break;
-    case SIGMOID: f(std::integral_constant<int64_t, SIGMOID>()); break;
-    case TRIANGULAR: f(std::integral_constant<int64_t, TRIANGULAR>()); break;
-    default: f(std::integral_constant<int64_t, STRAIGHT_THROUGH>()); break;
-  }
-}
-
-// Bits of word w that belong to the tensor (the last word may be partial).
-inline uint32_t valid_mask(int64_t w, int64_t n) {
-  const int64_t left = n - w * 32;
-  return left >= 32 ? ~0u : ((1u << left) - 1u);
-}
-
-// Number of set (valid) bits before each chunk; returns the total.
-int64_t chunk_offsets(const int32_t* bits, int64_t words, int64_t n, std::vector<int64_t>& offs) {
-  const int64_t chunks = (words + kChunkWords - 1) / kChunkWords;
-  offs.assign(chunks + 1, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      int64_t cnt = 0;
-      const int64_t w1 = std::min(words, (c + 1) * kChunkWords);
-      for (int64_t w = c * kChunkWords; w < w1; ++w)
-        cnt += __builtin_popcount(static_cast<uint32_t>(bits[w]) & valid_mask(w, n));
-      offs[c + 1] = cnt;
-    }
-  });
-  for (int64_t c = 0; c < chunks; ++c) offs[c + 1] += offs[c];
-  return offs[chunks];
-}
 
 template <typename T>
 inline uint32_t band_word(const T* u, int64_t cnt, T bth) {
@@ -140,53 +91,22 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
 
 Tensor band_grad_cpu(const Tensor& grad_in, const Tensor& bits_in, const Tensor& vals_in,
                      int64_t shape, double p, double gamma, bool compact) {
-  check_float(grad_in, "band_grad", "grad");
-  check_float(vals_in, "band_grad", "vals");
-  check_shape_id(shape, "band_grad");
-  TORCH_CHECK(vals_in.scalar_type() == grad_in.scalar_type(), "band_grad: `vals` must have the dtype of `grad` (",
-              grad_in.scalar_type(), "), got ", vals_in.scalar_type());
-  TORCH_CHECK(vals_in.dim() == 1, "band_grad: `vals` must be 1-D, got shape ", vals_in.sizes());
-  TORCH_CHECK(bits_in.device().is_cpu(), "band_grad: `bits` must be a CPU tensor, got ", bits_in.device());
-  TORCH_CHECK(bits_in.scalar_type() == at::kInt, "band_grad: `bits` must be int32, got ", bits_in.scalar_type());
-  TORCH_CHECK(bits_in.dim() == 1, "band_grad: `bits` must be 1-D, got shape ", bits_in.sizes());
+  std::vector<int64_t> offs;
+  const int64_t nnz = check_band(grad_in, bits_in, vals_in, shape, "band_grad", offs);
   const Tensor grad = grad_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous();
   const int64_t n = grad.numel();
   const bool dense = bits.numel() == 0;
   const int64_t words = (n + 31) / 32;
-  std::vector<int64_t> offs;
-  int64_t nnz = n;
-  if (dense) {
-    TORCH_CHECK(vals.numel() == n, "band_grad: dense mode (empty `bits`) needs one `vals` entry per element of "
-                "`grad` (", n, "), got ", vals.numel());
-  } else {
-    TORCH_CHECK(bits.numel() == words, "band_grad: `bits` must have ceil(grad.numel()/32) = ", words,
-                " words, got ", bits.numel());
-    nnz = chunk_offsets(bits.const_data_ptr<int32_t>(), words, n, offs);
-    TORCH_CHECK(vals.numel() == nnz, "band_grad: `vals` must have one entry per set bit of `bits` (", nnz,
-                "), got ", vals.numel());
-  }
   Tensor out = compact ? at::empty({nnz}, grad.options()) : at::empty(grad.sizes(), grad.options());
-  // The sigmoid shape takes exp(-p*u) from torch's own (vectorised, SLEEF) exp, which is
-  // what the reference and snnTorch call; std::exp differs in the last bit.
-  const Tensor expu = shape == SIGMOID ? at::exp(vals * (-p)) : Tensor();
+  const Tensor expu = band_exp(vals, shape, p);
 
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "band_grad_cpu", [&] {
-    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    const scalar_t* vp = vals.const_data_ptr<scalar_t>();
-    const scalar_t* ep = shape == SIGMOID ? expu.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const scalar_t g = static_cast<scalar_t>(gamma);
     with_shape(shape, [&](auto s) {
-      constexpr int64_t S = decltype(s)::value;
-      // gamma * g(u) * grad for the o-th band value, grad element k.
-      auto sg = [&](int64_t k, int64_t o) {
-        if constexpr (S == SIGMOID) {  // common.h's sigmoid formula with e precomputed
-          const scalar_t e = ep[o], d = e + scalar_t(1);
-          return gp[k] * static_cast<scalar_t>(p) * e / (d * d) * g;
-        } else {
-          return surrogate_grad<scalar_t>(gp[k], vp[o], S, p) * g;
-        }
-      };
+      const BandSurrogate<scalar_t, decltype(s)::value> sg{
+          grad.const_data_ptr<scalar_t>(), vals.const_data_ptr<scalar_t>(),
+          expu.defined() ? expu.const_data_ptr<scalar_t>() : nullptr, p,
+          static_cast<scalar_t>(gamma)};
       if (dense) {
         at::parallel_for(0, n, kChunkWords * 32, [&](int64_t k0, int64_t k1) {
           for (int64_t k = k0; k < k1; ++k) op[k] = sg(k, k);

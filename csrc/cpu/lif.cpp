@@ -1,6 +1,7 @@
-// CPU kernels of `lif_fwd` and `lif_bwd` (math: reference.lif_fwd / reference.lif_bwd).
+// CPU kernels of `lif_fwd`, `lif_bwd` and `lif_bwd_band` (math: the functions of the same
+// names in reference.py).
 //
-// Both are recurrences in t that are independent per neuron, so the neurons are split
+// All are recurrences in t that are independent per neuron, so the neurons are split
 // over threads, and each thread walks a block of neurons through all steps: for every t
 // the block reads one contiguous slice of row t (vectorisable) and its state is the row
 // it just wrote (still in L1).
@@ -9,7 +10,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
+#include <type_traits>
+#include <vector>
 
+#include "cpu/band.h"
 #include "cpu/scan.h"
 
 namespace snntorch_sparse {
@@ -70,14 +75,59 @@ Tensor lif_fwd_cpu(const Tensor& cur_in, const Tensor& mem0_in, const Tensor& be
   return out;
 }
 
+// The direct gradient eps[t] into U[t] of the block's neurons [m0, m0 + n) at step t, as a
+// pointer to n values: lif_bwd reads it from its input...
+template <typename T>
+struct GivenEps {
+  const T* eps;
+  int64_t M;
+  const T* row(int64_t t, int64_t m0, int64_t /*n*/, T* /*buf*/) const { return eps + t * M + m0; }
+};
+
+// ... lif_bwd_band forms it in `buf`, as reference.lif_bwd_band: band_grad(grad_spk) (+
+// grad_mem), the surrogate evaluated only at the set bits (bits == nullptr: dense band).
+template <typename T, int64_t S>
+struct BandEps {
+  BandSurrogate<T, S> sg;
+  const int32_t* bits;
+  const int64_t* woff;  // word_offsets of bits
+  const T* gmem;        // nullptr: no membrane gradient
+  int64_t M;
+  const T* row(int64_t t, int64_t m0, int64_t n, T* buf) const {
+    const int64_t k0 = t * M + m0;
+    // "0 + m" as the reference's band + grad_mem outside the band (it turns -0 into +0).
+    if (gmem) for (int64_t j = 0; j < n; ++j) buf[j] = T(0) + gmem[k0 + j];
+    else std::fill(buf, buf + n, T(0));
+    auto put = [&](int64_t j, int64_t o) {
+      const T g = sg(k0 + j, o);
+      buf[j] = gmem ? g + gmem[k0 + j] : g;
+    };
+    if (!bits) {
+      for (int64_t j = 0; j < n; ++j) put(j, k0 + j);
+      return buf;
+    }
+    const int64_t k1 = k0 + n;
+    for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+      const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+      const uint32_t all = static_cast<uint32_t>(bits[w]);
+      const uint32_t below = (1u << lo) - 1u;
+      const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~below;
+      int64_t o = woff[w] + __builtin_popcount(all & below);
+      for (uint32_t word = all & mask; word; word &= word - 1, ++o) put(w * 32 + __builtin_ctz(word) - k0, o);
+    }
+    return buf;
+  }
+};
+
 // Reverse scan, as reference.lif_bwd: Delta[t] = eps[t] + a[t+1]*Delta[t+1] with
 // a[t] = beta (subtract/none) or beta*(1 - r[t]) (zero).
-template <typename T, bool kZero>
-void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, T* dmem0,
+template <typename T, bool kZero, typename Eps>
+void lif_bwd_block(const Eps& eps, const T* beta, const int32_t* rbits, T* delta, T* dmem0,
                    int64_t steps, int64_t M, int64_t m0, int64_t m1) {
   const int64_t n = m1 - m0;
   const T* be = beta + m0;
   T buf[kZero ? kScanBlock : 1];
+  T ebuf[kScanBlock];
   // a[t] over the block. For the zero reset beta*(1 - 0) is beta itself, so only the
   // set bits of r[t] (the few neurons that fired) need beta*(1 - 1).
   auto decay = [&](int64_t t) -> const T* {
@@ -91,14 +141,14 @@ void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, 
     }
   };
   {
-    const T* __restrict e = eps + (steps - 1) * M + m0;
+    const T* __restrict e = eps.row(steps - 1, m0, n, ebuf);
     T* __restrict d = delta + (steps - 1) * M + m0;
     // "+ 0" as the reference: it turns -0 into +0.
     for (int64_t j = 0; j < n; ++j) d[j] = e[j] + T(0);
   }
   for (int64_t t = steps - 2; t >= 0; --t) {
     const T* __restrict a = decay(t + 1);
-    const T* __restrict e = eps + t * M + m0;
+    const T* __restrict e = eps.row(t, m0, n, ebuf);
     const T* __restrict next = delta + (t + 1) * M + m0;
     T* __restrict d = delta + t * M + m0;
     for (int64_t j = 0; j < n; ++j) d[j] = e[j] + a[j] * next[j];
@@ -107,33 +157,86 @@ void lif_bwd_block(const T* eps, const T* beta, const int32_t* rbits, T* delta, 
   for (int64_t j = 0; j < n; ++j) dmem0[m0 + j] = a[j] * delta[m0 + j];
 }
 
+// The scan over all blocks in parallel; make_eps(tag, scan) calls scan with the eps source
+// for the dtype of tag.
+template <typename MakeEps>
+std::tuple<Tensor, Tensor> run_lif_bwd(const Tensor& like, const Tensor& beta_in,
+                                       const Tensor& rbits_in, int64_t reset, const char* op,
+                                       const char* like_name, const MakeEps& make_eps) {
+  const int64_t steps = like.size(0), M = like.size(1);
+  check_vec(beta_in, like, M, op, "beta", like_name);
+  check_reset(reset, op);
+  const bool zero = reset == ZERO;
+  if (zero) check_rbits(rbits_in, steps, M, op);
+  const Tensor beta = beta_in.contiguous();
+  const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
+  Tensor delta = at::empty({steps, M}, like.options());
+  // No step: U[0] does not reach the loss.
+  Tensor dmem0 = steps ? at::empty({M}, like.options()) : at::zeros({M}, like.options());
+  if (steps == 0) return {delta, dmem0};
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "lif_bwd_cpu", [&] {
+    make_eps(scalar_t(0), [&](const auto& eps) {
+      auto run = [&](auto kernel) {
+        for_each_block(M, [&](int64_t m0, int64_t m1) {
+          kernel(eps, beta.const_data_ptr<scalar_t>(), zero ? rbits.const_data_ptr<int32_t>() : nullptr,
+                 delta.mutable_data_ptr<scalar_t>(), dmem0.mutable_data_ptr<scalar_t>(), steps, M,
+                 m0, m1);
+        });
+      };
+      using E = std::decay_t<decltype(eps)>;
+      if (zero) run(lif_bwd_block<scalar_t, true, E>);
+      else run(lif_bwd_block<scalar_t, false, E>);
+    });
+  });
+  return {delta, dmem0};
+}
+
 std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_in,
                                        const Tensor& rbits_in, int64_t reset) {
   check_float(eps_in, "lif_bwd", "eps");
   TORCH_CHECK(eps_in.dim() == 2, "lif_bwd: `eps` must have shape [T, M], got ", eps_in.sizes());
-  const int64_t steps = eps_in.size(0), M = eps_in.size(1);
-  check_vec(beta_in, eps_in, M, "lif_bwd", "beta", "eps");
-  check_reset(reset, "lif_bwd");
-  const bool zero = reset == ZERO;
-  if (zero) check_rbits(rbits_in, steps, M, "lif_bwd");
-  const Tensor eps = eps_in.contiguous(), beta = beta_in.contiguous();
-  const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
-  Tensor delta = at::empty({steps, M}, eps.options());
-  // No step: U[0] does not reach the loss.
-  Tensor dmem0 = steps ? at::empty({M}, eps.options()) : at::zeros({M}, eps.options());
-  if (steps == 0) return {delta, dmem0};
-  AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "lif_bwd_cpu", [&] {
-    auto run = [&](auto kernel) {
-      for_each_block(M, [&](int64_t m0, int64_t m1) {
-        kernel(eps.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
-               zero ? rbits.const_data_ptr<int32_t>() : nullptr, delta.mutable_data_ptr<scalar_t>(),
-               dmem0.mutable_data_ptr<scalar_t>(), steps, M, m0, m1);
-      });
-    };
-    if (zero) run(lif_bwd_block<scalar_t, true>);
-    else run(lif_bwd_block<scalar_t, false>);
+  const Tensor eps = eps_in.contiguous();
+  return run_lif_bwd(eps, beta_in, rbits_in, reset, "lif_bwd", "eps", [&](auto tag, const auto& scan) {
+    using T = decltype(tag);
+    scan(GivenEps<T>{eps.const_data_ptr<T>(), eps.size(1)});
   });
-  return {delta, dmem0};
+}
+
+std::tuple<Tensor, Tensor> lif_bwd_band_cpu(const Tensor& grad_in, const Tensor& bits_in,
+                                            const Tensor& vals_in,
+                                            const std::optional<Tensor>& grad_mem_in,
+                                            const Tensor& beta_in, const Tensor& rbits_in,
+                                            int64_t shape, double p, double gamma, int64_t reset) {
+  constexpr const char* op = "lif_bwd_band";
+  std::vector<int64_t> offs;
+  check_band(grad_in, bits_in, vals_in, shape, op, offs, "grad_spk");
+  TORCH_CHECK(grad_in.dim() == 2, op, ": `grad_spk` must have shape [T, M], got ", grad_in.sizes());
+  const bool has_mem = grad_mem_in.has_value() && grad_mem_in->defined();
+  if (has_mem) {
+    check_float(*grad_mem_in, op, "grad_mem");
+    TORCH_CHECK(grad_mem_in->scalar_type() == grad_in.scalar_type(), op,
+                ": `grad_mem` must have the dtype of `grad_spk` (", grad_in.scalar_type(), "), got ",
+                grad_mem_in->scalar_type());
+    TORCH_CHECK(grad_mem_in->sizes() == grad_in.sizes(), op, ": `grad_mem` must have the shape of "
+                "`grad_spk` ", grad_in.sizes(), ", got ", grad_mem_in->sizes());
+  }
+  const Tensor grad = grad_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous();
+  const Tensor gmem = has_mem ? grad_mem_in->contiguous() : Tensor();
+  const Tensor expu = band_exp(vals, shape, p);
+  const int64_t n = grad.numel(), words = bits.numel();
+  const std::vector<int64_t> woff =
+      words ? word_offsets(bits.const_data_ptr<int32_t>(), words, n, offs) : std::vector<int64_t>();
+  return run_lif_bwd(grad, beta_in, rbits_in, reset, op, "grad_spk", [&](auto tag, const auto& scan) {
+    using T = decltype(tag);
+    with_shape(shape, [&](auto s) {
+      constexpr int64_t S = decltype(s)::value;
+      const BandSurrogate<T, S> sg{grad.const_data_ptr<T>(), vals.const_data_ptr<T>(),
+                                   expu.defined() ? expu.const_data_ptr<T>() : nullptr, p,
+                                   static_cast<T>(gamma)};
+      scan(BandEps<T, S>{sg, words ? bits.const_data_ptr<int32_t>() : nullptr, woff.data(),
+                         has_mem ? gmem.const_data_ptr<T>() : nullptr, grad.size(1)});
+    });
+  });
 }
 
 }  // namespace
@@ -141,6 +244,7 @@ std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
+  m.impl("lif_bwd_band", &lif_bwd_band_cpu);
 }
 
 }  // namespace snntorch_sparse

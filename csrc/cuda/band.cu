@@ -5,7 +5,7 @@
 #include <cmath>
 #include <tuple>
 
-#include "cuda_utils.cuh"
+#include "band.cuh"
 
 namespace snntorch_sparse {
 namespace cuda {
@@ -46,13 +46,6 @@ __global__ void spike_kernel(const scalar_t* __restrict__ u, scalar_t* __restric
   }
 }
 
-// Offset in vals of in-band element k: the exclusive scan of the word popcounts (taken from
-// the inclusive scan `incl`) plus the set bits below k in its word.
-__device__ __forceinline__ int64_t band_rank(uint32_t word, const int64_t* incl, int64_t k) {
-  const uint32_t below = (1u << (k & 31)) - 1u;
-  return incl[k >> 5] - __popc(word) + __popc(word & below);
-}
-
 // vals[rank(k)] = u[k] for every in-band element k.
 template <typename scalar_t>
 __global__ void gather_band_kernel(const scalar_t* __restrict__ u,
@@ -63,14 +56,6 @@ __global__ void gather_band_kernel(const scalar_t* __restrict__ u,
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint32_t word = static_cast<uint32_t>(bits[k >> 5]);
     if ((word >> (k & 31)) & 1u) vals[band_rank(word, incl, k)] = u[k];
-  }
-}
-
-__global__ void popcount_kernel(const int32_t* __restrict__ bits, int32_t* __restrict__ counts,
-                                int64_t nwords) {
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < nwords;
-       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    counts[w] = __popc(static_cast<uint32_t>(bits[w]));
   }
 }
 
@@ -104,9 +89,6 @@ __global__ void band_grad_kernel(const scalar_t* __restrict__ grad,
     }
   }
 }
-
-// Inclusive scan of the popcounts of bits (int64, on the device; no host sync).
-at::Tensor scan_counts(const at::Tensor& counts) { return at::cumsum(counts, 0, at::kLong); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_cuda(const at::Tensor& u_in, int64_t shape,
                                                           double /*p*/, double b_th,
@@ -157,37 +139,18 @@ at::Tensor band_grad_cuda(const at::Tensor& grad_in, const at::Tensor& bits_in,
                           const at::Tensor& vals_in, int64_t shape, double p, double gamma,
                           bool compact) {
   constexpr const char* op = "band_grad";
-  check_cuda(grad_in, op, "grad");
-  check_floating(grad_in, op, "grad");
-  check_bits(bits_in, grad_in, op, "bits");
-  check_same_device(vals_in, grad_in, op, "vals");
-  check_same_dtype(vals_in, grad_in, op, "vals", "grad");
-  check_dim(vals_in, 1, op, "vals");
-  check_shape_id(shape, op);
+  check_band(grad_in, bits_in, vals_in, shape, op, "grad");
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor bits = bits_in.contiguous();
   const at::Tensor vals = vals_in.contiguous();
   const int64_t n = grad.numel();
-  const int64_t nwords = (n + 31) / 32;
   const bool dense = bits.numel() == 0;
-  if (dense) {
-    check_numel(vals, n, op, "vals", "dense mode: one u per element of grad");
-  } else {
-    check_numel(bits, nwords, op, "bits", "one int32 word per 32 elements of grad");
-  }
   const int64_t nvals = vals.numel();
   // Compact: zero-filled so that an entry without its band bit (malformed input) is defined.
   at::Tensor out = compact ? at::zeros({nvals}, grad.options()) : at::empty(grad.sizes(), grad.options());
   if (n == 0) return out;
-  at::Tensor incl;
-  if (!dense) {
-    at::Tensor counts = at::empty({nwords}, bits.options());
-    popcount_kernel<<<grid_for(nwords), kThreads, 0, stream()>>>(bits.data_ptr<int32_t>(),
-                                                                 counts.data_ptr<int32_t>(), nwords);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    incl = scan_counts(counts);
-  }
+  const at::Tensor incl = dense ? at::Tensor() : band_ranks(bits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "band_grad", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     band_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream()>>>(

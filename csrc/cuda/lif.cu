@@ -1,11 +1,13 @@
-// CUDA kernels of the ops `lif_fwd` and `lif_bwd` (math: reference.lif_fwd / reference.lif_bwd).
+// CUDA kernels of the ops `lif_fwd`, `lif_bwd` and `lif_bwd_band` (math: the functions of the
+// same names in reference.py).
 // One thread per neuron m walks the time steps; element (t, m) of a [T, M] tensor is at
 // t*M + m, so the threads of a warp touch consecutive addresses at every step.
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
-#include "cuda_utils.cuh"
+#include "band.cuh"
 
 namespace snntorch_sparse {
 namespace cuda {
@@ -39,10 +41,53 @@ __global__ void lif_fwd_kernel(const scalar_t* __restrict__ cur, const scalar_t*
   }
 }
 
+// The direct gradient eps[k] into U of element k: lif_bwd reads it from its input...
+template <typename scalar_t>
+struct GivenEps {
+  const scalar_t* eps;
+  __device__ at::opmath_type<scalar_t> operator()(int64_t k) const {
+    return static_cast<at::opmath_type<scalar_t>>(eps[k]);
+  }
+};
+
+// ... lif_bwd_band forms it as reference.lif_bwd_band: band_grad(grad_spk) (+ grad_mem), each
+// rounded to scalar_t as the two separate ops would (bits == nullptr: dense band).
+template <typename scalar_t>
+struct BandEps {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad;
+  const int32_t* bits;
+  const int64_t* incl;  // band_ranks(bits)
+  const scalar_t* vals;
+  int64_t nvals;
+  const scalar_t* gmem;  // nullptr: no membrane gradient
+  int64_t shape;
+  double p;
+  opmath_t gamma;
+  __device__ opmath_t operator()(int64_t k) const {
+    int64_t pos = k;
+    bool in_band = true;
+    if (bits != nullptr) {
+      const uint32_t word = static_cast<uint32_t>(bits[k >> 5]);
+      in_band = (word >> (k & 31)) & 1u;
+      if (in_band) pos = band_rank(word, incl, k);
+    }
+    scalar_t band = scalar_t(0);
+    if (in_band && pos < nvals) {
+      band = static_cast<scalar_t>(surrogate_grad<opmath_t>(static_cast<opmath_t>(grad[k]),
+                                                           static_cast<opmath_t>(vals[pos]), shape, p) *
+                                   gamma);
+    }
+    if (gmem == nullptr) return static_cast<opmath_t>(band);
+    return static_cast<opmath_t>(
+        static_cast<scalar_t>(static_cast<opmath_t>(band) + static_cast<opmath_t>(gmem[k])));
+  }
+};
+
 // Delta[t] = eps[t] + a[t+1]*Delta[t+1] backwards in t, dmem0 = a[0]*Delta[0], with
 // a[t] = beta, or beta*(1 - r[t]) for the zero reset (r[t] = bit t*M + m of rbits).
-template <typename scalar_t>
-__global__ void lif_bwd_kernel(const scalar_t* __restrict__ eps, const scalar_t* __restrict__ beta,
+template <typename scalar_t, typename Eps>
+__global__ void lif_bwd_kernel(const Eps eps, const scalar_t* __restrict__ beta,
                                const int32_t* __restrict__ rbits, scalar_t* __restrict__ delta,
                                scalar_t* __restrict__ dmem0, int64_t T, int64_t M,
                                bool zero_reset) {
@@ -57,7 +102,7 @@ __global__ void lif_bwd_kernel(const scalar_t* __restrict__ eps, const scalar_t*
     };
     opmath_t acc = opmath_t(0);
     for (int64_t t = T - 1; t >= 0; --t) {
-      const opmath_t e = static_cast<opmath_t>(eps[t * M + m]);
+      const opmath_t e = eps(t * M + m);
       acc = t + 1 < T ? e + mul_rn(a(t + 1), acc) : e + opmath_t(0);
       delta[t * M + m] = static_cast<scalar_t>(acc);
     }
@@ -98,6 +143,41 @@ at::Tensor lif_fwd_cuda(const at::Tensor& cur_in, const at::Tensor& mem0_in,
   return out;
 }
 
+// Checks beta/rbits against the [T, M] gradient `like` and runs the scan with the eps
+// source make_eps(scalar_t tag).
+template <typename MakeEps>
+std::tuple<at::Tensor, at::Tensor> run_lif_bwd(const at::Tensor& like, const char* like_name,
+                                               const at::Tensor& beta_in, const at::Tensor& rbits_in,
+                                               int64_t reset, const char* op,
+                                               const MakeEps& make_eps) {
+  check_reset_id(reset, op);
+  const int64_t T = like.size(0);
+  const int64_t M = like.size(1);
+  check_same_device(beta_in, like, op, "beta");
+  check_same_dtype(beta_in, like, op, "beta", like_name);
+  check_dim(beta_in, 1, op, "beta");
+  check_numel(beta_in, M, op, "beta", "one per neuron, the gradient's shape[1]");
+  const bool zero_reset = reset == ZERO;
+  if (zero_reset) {  // rbits is read only for the zero reset
+    check_bits(rbits_in, like, op, "rbits");
+    check_numel(rbits_in, (T * M + 31) / 32, op, "rbits",
+                "one int32 word per 32 elements of the gradient, for reset=zero");
+  }
+  const at::Tensor beta = beta_in.contiguous();
+  const at::Tensor rbits = zero_reset ? rbits_in.contiguous() : at::Tensor();
+  at::Tensor delta = at::empty({T, M}, like.options());
+  at::Tensor dmem0 = at::empty({M}, like.options());
+  if (M == 0) return {delta, dmem0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "lif_bwd", [&] {
+    const auto eps = make_eps(scalar_t(0));
+    lif_bwd_kernel<scalar_t><<<grid_for(M), kThreads, 0, stream()>>>(
+        eps, beta.data_ptr<scalar_t>(), zero_reset ? rbits.data_ptr<int32_t>() : nullptr,
+        delta.data_ptr<scalar_t>(), dmem0.data_ptr<scalar_t>(), T, M, zero_reset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {delta, dmem0};
+}
+
 std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& eps_in,
                                                 const at::Tensor& beta_in,
                                                 const at::Tensor& rbits_in, int64_t reset) {
@@ -105,34 +185,48 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& eps_in,
   check_cuda(eps_in, op, "eps");
   check_floating(eps_in, op, "eps");
   check_dim(eps_in, 2, op, "eps");
-  check_reset_id(reset, op);
-  const int64_t T = eps_in.size(0);
-  const int64_t M = eps_in.size(1);
-  check_same_device(beta_in, eps_in, op, "beta");
-  check_same_dtype(beta_in, eps_in, op, "beta", "eps");
-  check_dim(beta_in, 1, op, "beta");
-  check_numel(beta_in, M, op, "beta", "one per neuron, eps.shape[1]");
-  const bool zero_reset = reset == ZERO;
-  if (zero_reset) {  // rbits is read only for the zero reset
-    check_bits(rbits_in, eps_in, op, "rbits");
-    check_numel(rbits_in, (T * M + 31) / 32, op, "rbits",
-                "one int32 word per 32 elements of eps, for reset=zero");
-  }
   const c10::cuda::CUDAGuard guard(eps_in.device());
   const at::Tensor eps = eps_in.contiguous();
-  const at::Tensor beta = beta_in.contiguous();
-  const at::Tensor rbits = zero_reset ? rbits_in.contiguous() : at::Tensor();
-  at::Tensor delta = at::empty({T, M}, eps.options());
-  at::Tensor dmem0 = at::empty({M}, eps.options());
-  if (M == 0) return {delta, dmem0};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps.scalar_type(), "lif_bwd", [&] {
-    lif_bwd_kernel<scalar_t><<<grid_for(M), kThreads, 0, stream()>>>(
-        eps.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
-        zero_reset ? rbits.data_ptr<int32_t>() : nullptr, delta.data_ptr<scalar_t>(),
-        dmem0.data_ptr<scalar_t>(), T, M, zero_reset);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return run_lif_bwd(eps, "eps", beta_in, rbits_in, reset, op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    return GivenEps<scalar_t>{eps.data_ptr<scalar_t>()};
   });
-  return {delta, dmem0};
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_bwd_band_cuda(
+    const at::Tensor& grad_in, const at::Tensor& bits_in, const at::Tensor& vals_in,
+    const std::optional<at::Tensor>& grad_mem_in, const at::Tensor& beta_in,
+    const at::Tensor& rbits_in, int64_t shape, double p, double gamma, int64_t reset) {
+  constexpr const char* op = "lif_bwd_band";
+  check_band(grad_in, bits_in, vals_in, shape, op, "grad_spk");
+  check_dim(grad_in, 2, op, "grad_spk");
+  const bool has_mem = grad_mem_in.has_value() && grad_mem_in->defined();
+  if (has_mem) {
+    check_same_device(*grad_mem_in, grad_in, op, "grad_mem");
+    check_same_dtype(*grad_mem_in, grad_in, op, "grad_mem", "grad_spk");
+    TORCH_CHECK(grad_mem_in->sizes() == grad_in.sizes(), op, ": `grad_mem` must have the shape of "
+                "`grad_spk` ", grad_in.sizes(), ", got ", grad_mem_in->sizes());
+  }
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor bits = bits_in.contiguous();
+  const at::Tensor vals = vals_in.contiguous();
+  const at::Tensor gmem = has_mem ? grad_mem_in->contiguous() : at::Tensor();
+  const bool dense = bits.numel() == 0;
+  const at::Tensor incl = dense ? at::Tensor() : band_ranks(bits);
+  return run_lif_bwd(grad, "grad_spk", beta_in, rbits_in, reset, op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using opmath_t = at::opmath_type<scalar_t>;
+    return BandEps<scalar_t>{grad.data_ptr<scalar_t>(),
+                             dense ? nullptr : bits.data_ptr<int32_t>(),
+                             dense ? nullptr : incl.data_ptr<int64_t>(),
+                             vals.data_ptr<scalar_t>(),
+                             vals.numel(),
+                             has_mem ? gmem.data_ptr<scalar_t>() : nullptr,
+                             shape,
+                             p,
+                             static_cast<opmath_t>(gamma)};
+  });
 }
 
 }  // namespace
@@ -142,4 +236,5 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& eps_in,
 TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
   m.impl("lif_fwd", &snntorch_sparse::cuda::lif_fwd_cuda);
   m.impl("lif_bwd", &snntorch_sparse::cuda::lif_bwd_cuda);
+  m.impl("lif_bwd_band", &snntorch_sparse::cuda::lif_bwd_band_cuda);
 }
