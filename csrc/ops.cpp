@@ -21,9 +21,10 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("lif_fwd(Tensor cur, Tensor mem0, Tensor beta, Tensor theta, int reset) -> Tensor");
   // Reverse scan Delta[t] = eps[t] + a[t+1]*Delta[t+1]; returns (Delta, dmem0).
   m.def("lif_bwd(Tensor eps, Tensor beta, Tensor rbits, int reset) -> (Tensor, Tensor)");
-  // lif_bwd of eps = band_grad(grad_spk) (+ grad_mem) in one pass: the surrogate is
-  // evaluated only in the band, and no dense eps is formed.
-  m.def("lif_bwd_band(Tensor grad_spk, Tensor bits, Tensor vals, Tensor? grad_mem, Tensor beta, Tensor rbits, int shape, float p, float gamma, int reset) -> (Tensor, Tensor)");
+  // lif_bwd of eps = band_grad(grad_spk) + grad_mem (either may be None) in one pass: the
+  // surrogate is evaluated only in the band, and no dense eps is formed. dmem_last: the
+  // gradient a[T]*Delta[T] reaching the last membrane from later steps (sequence chunks).
+  m.def("lif_bwd_band(Tensor? grad_spk, Tensor bits, Tensor vals, Tensor? grad_mem, Tensor? dmem_last, Tensor beta, Tensor rbits, int shape, float p, float gamma, int reset) -> (Tensor, Tensor)");
   // Synaptic (two-state) layer: current syn[t] = alpha*syn[t-1] + cur[t] (never reset) and
   // membrane [T, M] from the input current [T, M]; returns (syn, mem).
   m.def("syn_fwd(Tensor cur, Tensor syn0, Tensor mem0, Tensor alpha, Tensor beta, Tensor theta, int reset) -> (Tensor, Tensor)");

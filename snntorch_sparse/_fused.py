@@ -151,13 +151,12 @@ def _reset_bits(mem0f, mem, thetaf):
     return pack_bits(_previous(mem0f, mem) - thetaf > 0)
 
 
-def _neuron_backward(grad_spk, grad_mem, bits, vals, betaf, rbits, nrn):
+def _neuron_backward(grad_spk, grad_mem, bits, vals, betaf, rbits, nrn, dmem_last=None):
     """``(Δ [T, M], ∂L/∂U[0] [M])`` from the output gradients, in one pass: the surrogate
-    is evaluated only in the band and no dense ``ε`` is formed (``lif_bwd_band``)."""
-    if grad_spk is None:
-        return ops.lif_bwd(grad_mem.contiguous(), betaf, rbits, nrn.reset)
-    return ops.lif_bwd_band(grad_spk, bits, vals, grad_mem, betaf, rbits, nrn.shape, nrn.p,
-                            nrn.gamma, nrn.reset)
+    is evaluated only in the band and no dense ``ε`` is formed (``lif_bwd_band``).
+    ``dmem_last``: the gradient into ``U[T]`` from later steps (a chunk's successor)."""
+    return ops.lif_bwd_band(grad_spk, bits, vals, grad_mem, dmem_last, betaf, rbits,
+                            nrn.shape, nrn.p, nrn.gamma, nrn.reset)
 
 
 def _band_part(grad_spk, bits, vals, nrn):

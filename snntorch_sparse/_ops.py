@@ -262,8 +262,9 @@ def _register_fakes():
         return eps.new_empty(eps.shape), eps.new_empty(eps.shape[1:])
 
     @fake("lif_bwd_band")
-    def _(grad_spk, bits, vals, grad_mem, beta, rbits, shape, p, gamma, reset):
-        return grad_spk.new_empty(grad_spk.shape), grad_spk.new_empty(grad_spk.shape[1:])
+    def _(grad_spk, bits, vals, grad_mem, dmem_last, beta, rbits, shape, p, gamma, reset):
+        like = grad_spk if grad_spk is not None else grad_mem
+        return like.new_empty(like.shape), like.new_empty(like.shape[1:])
 
     @fake("syn_fwd")
     def _(cur, syn0, mem0, alpha, beta, theta, reset):

@@ -135,8 +135,9 @@ def lif_fwd(cur, mem0, beta, theta, reset):
     return torch.stack(out)
 
 
-def lif_bwd(eps, beta, rbits, reset):
+def lif_bwd(eps, beta, rbits, reset, dmem_last=None):
     """Op ``lif_bwd``: the Δ scan of DESIGN.md §2. Returns ``(delta [T, M], dmem0 [M])``.
+    (``dmem_last``, not part of the op: ``a[T]·Δ[T]``, see :func:`lif_bwd_band`.)
 
     ``eps[t] = e[t]·γ·g(u[t])·band + m[t]`` (the direct gradient into ``U[t]``);
     ``Δ[t] = eps[t] + a[t+1]·Δ[t+1]``; ``dmem0 = a[0]·Δ[0]`` (0-based t), with
@@ -150,24 +151,34 @@ def lif_bwd(eps, beta, rbits, reset):
     else:
         a = beta.expand(T, M)
     delta = torch.empty_like(eps)
-    acc = torch.zeros_like(eps[0])
+    if T == 0:
+        return delta, (torch.zeros(M, dtype=eps.dtype, device=eps.device) if dmem_last is None
+                       else dmem_last.clone())
     for t in range(T - 1, -1, -1):
-        acc = eps[t] + (a[t + 1] * acc if t + 1 < T else 0)
+        acc = eps[t] + (a[t + 1] * acc if t + 1 < T else (0 if dmem_last is None else dmem_last))
         delta[t] = acc
     return delta, a[0] * delta[0]
 
 
-def lif_bwd_band(grad_spk, bits, vals, grad_mem, beta, rbits, shape, p, gamma, reset):
-    """Op ``lif_bwd_band``: :func:`lif_bwd` of ``eps = band_grad(grad_spk) (+ grad_mem)``,
-    the neuron backward of a layer from its output gradients (``grad_mem`` may be None).
+def lif_bwd_band(grad_spk, bits, vals, grad_mem, dmem_last, beta, rbits, shape, p, gamma, reset):
+    """Op ``lif_bwd_band``: the neuron backward of a layer from its output gradients,
+    :func:`lif_bwd` of ``eps = band_grad(grad_spk) + grad_mem`` (either may be None, not
+    both), with ``a[T]·Δ[T] = dmem_last`` (None: 0) — the gradient that reaches the last
+    membrane from later steps when a sequence is processed in chunks: the ``dmem0`` of the
+    chunk after, so a chunked scan equals the whole one bit for bit.
 
     The compiled kernels form ``eps`` one step at a time and evaluate the surrogate only at
     the band's elements, so no dense ``eps`` exists.
     """
-    eps = band_grad(grad_spk, bits, vals, shape, p, gamma, False)
-    if grad_mem is not None:
-        eps = eps + grad_mem
-    return lif_bwd(eps, beta, rbits, reset)
+    if grad_spk is None:
+        if grad_mem is None:
+            raise RuntimeError("lif_bwd_band: needs `grad_spk` or `grad_mem` (both are None)")
+        eps = grad_mem
+    else:
+        eps = band_grad(grad_spk, bits, vals, shape, p, gamma, False)
+        if grad_mem is not None:
+            eps = eps + grad_mem
+    return lif_bwd(eps, beta, rbits, reset, dmem_last)
 
 
 def nonzero_csc(x, max_density):

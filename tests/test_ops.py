@@ -254,7 +254,8 @@ def test_lif_bwd(device, gen, dtype, shape, reset):
 @pytest.mark.parametrize("reset", [ref.SUBTRACT, ref.ZERO, ref.NONE])
 @pytest.mark.parametrize("activity", [0.0, 0.05, 0.5, "dense"])
 @pytest.mark.parametrize("with_mem", [False, True], ids=["spk", "spk+mem"])
-def test_lif_bwd_band(device, gen, dtype, shape, reset, activity, with_mem):
+@pytest.mark.parametrize("with_carry", [False, True], ids=["", "carry"])
+def test_lif_bwd_band(device, gen, dtype, shape, reset, activity, with_mem, with_carry):
     """The fused neuron backward equals lif_bwd(band_grad(grad_spk) + grad_mem) — bit for bit
     on the CPU in float64 — for every surrogate, band width and reset."""
     T, M = shape
@@ -263,18 +264,57 @@ def test_lif_bwd_band(device, gen, dtype, shape, reset, activity, with_mem):
     beta, _ = lif_params(M, gen, dtype)
     rbits = ref.pack_bits(mask(T * M, 0.3, gen)) if reset == ref.ZERO else torch.empty(0, dtype=torch.int32)
     grad_mem = randn(shape, gen, dtype) if with_mem else None
+    carry = randn(M, gen, dtype) if with_carry else None
     for surrogate in P:
         _, bits, vals = ref.spike(u, surrogate, P[surrogate], b_th, 1.0)
         grad = randn(shape, gen, dtype)
         (delta, dmem0), (e_delta, e_dmem0) = run(
-            "lif_bwd_band", device, grad, bits, vals, grad_mem, beta, rbits, surrogate,
+            "lif_bwd_band", device, grad, bits, vals, grad_mem, carry, beta, rbits, surrogate,
             P[surrogate], 0.75, reset)
         assert_same(delta, e_delta, device)
         assert_same(dmem0, e_dmem0, device)
         # and it is the composition of the two ops it fuses
         eps = ref.band_grad(grad, bits, vals, surrogate, P[surrogate], 0.75, False)
-        want = ref.lif_bwd(eps if grad_mem is None else eps + grad_mem, beta, rbits, reset)
+        want = ref.lif_bwd(eps if grad_mem is None else eps + grad_mem, beta, rbits, reset, carry)
         assert torch.equal(e_delta, want[0]) and torch.equal(e_dmem0, want[1])
+    if with_mem:  # only a membrane gradient: the plain scan of it
+        (delta, dmem0), (e_delta, e_dmem0) = run("lif_bwd_band", device, None, bits, vals,
+                                                 grad_mem, carry, beta, rbits, 0, 1.0, 1.0, reset)
+        assert_same(delta, e_delta, device)
+        assert_same(dmem0, e_dmem0, device)
+
+
+@pytest.mark.parametrize("reset", [ref.SUBTRACT, ref.ZERO, ref.NONE])
+@pytest.mark.parametrize("with_mem", [False, True], ids=["spk", "spk+mem"])
+def test_lif_bwd_band_in_chunks(device, gen, reset, with_mem):
+    """A sequence scanned in chunks of steps, each chunk handed the dmem0 of the one after as
+    dmem_last, equals the whole scan bit for bit (float64)."""
+    T, M, cut = (12, 64, (0, 5, 6, 12))  # M·t is a multiple of 32: chunks own whole words
+    dt = torch.float64
+    u = randn((T, M), gen, dt, scale=0.5)
+    _, bits, vals = ref.spike(u, ref.FAST_SIGMOID, 25.0, band_threshold(u, 0.2), 1.0)
+    grad = randn((T, M), gen, dt)
+    gmem = randn((T, M), gen, dt) if with_mem else None
+    beta, _ = lif_params(M, gen, dt)
+    r = mask(T * M, 0.3, gen)
+    rbits = ref.pack_bits(r) if reset == ref.ZERO else torch.empty(0, dtype=torch.int32)
+    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+    whole = ops.lif_bwd_band(dev(grad), dev(bits), dev(vals), dev(gmem), None, dev(beta),
+                             dev(rbits), ref.FAST_SIGMOID, 25.0, 1.0, reset)
+    inband = ref.unpack_bits(bits, T * M).view(T, M)
+    carry, parts = None, []
+    for t0, t1 in reversed(list(zip(cut[:-1], cut[1:]))):
+        k0, k1 = t0 * M, t1 * M
+        chunk_bits = bits[k0 // 32:k1 // 32]
+        chunk_vals = vals[int(inband[:t0].sum()):int(inband[:t1].sum())]
+        chunk_r = ref.pack_bits(r[k0:k1]) if reset == ref.ZERO else rbits
+        delta, carry = ops.lif_bwd_band(dev(grad[t0:t1]), dev(chunk_bits), dev(chunk_vals),
+                                        dev(None if gmem is None else gmem[t0:t1]), carry,
+                                        dev(beta), dev(chunk_r), ref.FAST_SIGMOID, 25.0, 1.0,
+                                        reset)
+        parts.insert(0, delta)
+    assert torch.equal(torch.cat(parts).cpu(), whole[0].cpu())
+    assert torch.equal(carry.cpu(), whole[1].cpu())
 
 
 def test_lif_ops_non_contiguous_inputs(device, gen):
@@ -384,7 +424,7 @@ def opcheck_cases(gen):
         "lif_fwd": ("lif_fwd", (u, randn(45, gen, f64), beta, theta, ref.SUBTRACT)),
         "lif_bwd": ("lif_bwd", (u, beta, ref.pack_bits(mask(6 * 45, 0.3, gen)), ref.ZERO)),
         "lif_bwd_band": ("lif_bwd_band", (randn((6, 45), gen, f64), bits, vals,
-                                          randn((6, 45), gen, f64), beta,
+                                          randn((6, 45), gen, f64), randn(45, gen, f64), beta,
                                           ref.pack_bits(mask(6 * 45, 0.3, gen)), ref.ATAN, 2.0,
                                           1.0, ref.ZERO)),
         "dw_spikes": ("dw_spikes", (randn((T * B, n_out), gen, f64), colptr, rows, xvals, n_in)),
@@ -427,19 +467,25 @@ def bad_call_cases():
         ("lif_bwd", (cur, v, torch.zeros(0, dtype=i32), ref.ZERO), "rbits"),
         ("lif_bwd", (cur, v, torch.zeros(1, dtype=torch.int64), ref.ZERO), "rbits"),
         ("lif_bwd", (cur, torch.zeros(6, dtype=f64), e.int(), ref.NONE), "beta"),
-        ("lif_bwd_band", (cur.int(), e.int(), torch.zeros(20, dtype=f64), None, v, e.int(), 0, 2.0,
-                          1.0, 0), "grad_spk"),
-        ("lif_bwd_band", (cur, e.int(), torch.zeros(19, dtype=f64), None, v, e.int(), 0, 2.0, 1.0,
-                          0), "vals"),
-        ("lif_bwd_band", (cur, torch.zeros(2, dtype=i32), e, None, v, e.int(), 0, 2.0, 1.0, 0),
-         "bits"),
-        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur[:3], v, e.int(), 0, 2.0,
-                          1.0, 0), "grad_mem"),
-        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur.float(), v, e.int(), 0,
+        ("lif_bwd_band", (cur.int(), e.int(), torch.zeros(20, dtype=f64), None, None, v, e.int(),
+                          0, 2.0, 1.0, 0), "grad_spk"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(19, dtype=f64), None, None, v, e.int(), 0, 2.0,
+                          1.0, 0), "vals"),
+        ("lif_bwd_band", (cur, torch.zeros(2, dtype=i32), e, None, None, v, e.int(), 0, 2.0, 1.0,
+                          0), "bits"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur[:3], None, v, e.int(), 0,
                           2.0, 1.0, 0), "grad_mem"),
-        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, v.float(), e.int(), 0,
-                          2.0, 1.0, 0), "beta"),
-        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, v, e.int(), 0, 2.0,
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), cur.float(), None, v, e.int(),
+                          0, 2.0, 1.0, 0), "grad_mem"),
+        ("lif_bwd_band", (None, e.int(), e, None, None, v, e.int(), 0, 2.0, 1.0, 0),
+         "grad_spk` or `grad_mem"),
+        ("lif_bwd_band", (None, e.int(), e, cur.int(), None, v, e.int(), 0, 2.0, 1.0, 0),
+         "grad_mem"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, v[:4], v, e.int(), 0,
+                          2.0, 1.0, 0), "dmem_last"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, None, v.float(), e.int(),
+                          0, 2.0, 1.0, 0), "beta"),
+        ("lif_bwd_band", (cur, e.int(), torch.zeros(20, dtype=f64), None, None, v, e.int(), 0, 2.0,
                           1.0, ref.ZERO), "rbits"),
         ("dw_spikes", (cur, colptr, rows.long(), e, 2), "rows"),
         ("dw_spikes", (cur, colptr.int(), rows, e, 2), "colptr"),

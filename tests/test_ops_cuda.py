@@ -236,7 +236,7 @@ def test_lif_bwd_band(dtype, reset, b_th):
              else torch.empty(0, dtype=torch.int32))
     _, bits, vals = ops.spike(u, ref.FAST_SIGMOID, 25.0, b_th, 1.0)
     for mem in (False, True):
-        delta, dmem0 = call("lif_bwd_band", grad, bits, vals, gmem if mem else None, beta,
+        delta, dmem0 = call("lif_bwd_band", grad, bits, vals, gmem if mem else None, None, beta,
                             rbits.cuda(), ref.FAST_SIGMOID, 25.0, 0.75, reset)
         eps = ops.band_grad(grad, bits, vals, ref.FAST_SIGMOID, 25.0, 0.75, False)
         eps = (eps + gmem if mem else eps).double().cpu()
@@ -461,7 +461,7 @@ def test_host_syncs():
         "band_grad (compact)": lambda: ops.band_grad(u, bits, vals, 0, 25.0, 1.0, True),
         "lif_fwd": lambda: ops.lif_fwd(x, v, v, v, ref.SUBTRACT),
         "lif_bwd": lambda: ops.lif_bwd(x, v, bits, ref.ZERO),
-        "lif_bwd_band": lambda: ops.lif_bwd_band(u.view(4, 250), bits, vals, None, v, bits,
+        "lif_bwd_band": lambda: ops.lif_bwd_band(u.view(4, 250), bits, vals, None, v, v, bits,
                                                  0, 25.0, 1.0, ref.ZERO),
         "dw_spikes": lambda: ops.dw_spikes(x, colptr, rows, none, 2),
         "dw_trace": lambda: ops.dw_trace(rowptr, cols, eps, colptr, rows, none, 0.9, 2, 2, 250),

@@ -120,10 +120,12 @@ struct BandEps {
 };
 
 // Reverse scan, as reference.lif_bwd: Delta[t] = eps[t] + a[t+1]*Delta[t+1] with
-// a[t] = beta (subtract/none) or beta*(1 - r[t]) (zero).
+// a[t] = beta (subtract/none) or beta*(1 - r[t]) (zero), and a[T]*Delta[T] = carry (0 if
+// nullptr: the gradient reaching U[T-1] from the steps after these, when a sequence is
+// processed in chunks).
 template <typename T, bool kZero, typename Eps>
-void lif_bwd_block(const Eps& eps, const T* beta, const int32_t* rbits, T* delta, T* dmem0,
-                   int64_t steps, int64_t M, int64_t m0, int64_t m1) {
+void lif_bwd_block(const Eps& eps, const T* beta, const int32_t* rbits, const T* carry, T* delta,
+                   T* dmem0, int64_t steps, int64_t M, int64_t m0, int64_t m1) {
   const int64_t n = m1 - m0;
   const T* be = beta + m0;
   T buf[kZero ? kScanBlock : 1];
@@ -143,8 +145,9 @@ void lif_bwd_block(const Eps& eps, const T* beta, const int32_t* rbits, T* delta
   {
     const T* __restrict e = eps.row(steps - 1, m0, n, ebuf);
     T* __restrict d = delta + (steps - 1) * M + m0;
-    // "+ 0" as the reference: it turns -0 into +0.
-    for (int64_t j = 0; j < n; ++j) d[j] = e[j] + T(0);
+    // "+ 0" as the reference: it turns -0 into +0. carry: a[T]*Delta[T] from later steps.
+    if (carry) for (int64_t j = 0; j < n; ++j) d[j] = e[j] + carry[m0 + j];
+    else for (int64_t j = 0; j < n; ++j) d[j] = e[j] + T(0);
   }
   for (int64_t t = steps - 2; t >= 0; --t) {
     const T* __restrict a = decay(t + 1);
@@ -161,24 +164,28 @@ void lif_bwd_block(const Eps& eps, const T* beta, const int32_t* rbits, T* delta
 // for the dtype of tag.
 template <typename MakeEps>
 std::tuple<Tensor, Tensor> run_lif_bwd(const Tensor& like, const Tensor& beta_in,
-                                       const Tensor& rbits_in, int64_t reset, const char* op,
-                                       const char* like_name, const MakeEps& make_eps) {
+                                       const Tensor& rbits_in, const Tensor& carry, int64_t reset,
+                                       const char* op, const char* like_name,
+                                       const MakeEps& make_eps) {
   const int64_t steps = like.size(0), M = like.size(1);
   check_vec(beta_in, like, M, op, "beta", like_name);
+  if (carry.defined()) check_vec(carry, like, M, op, "dmem_last", like_name);
   check_reset(reset, op);
   const bool zero = reset == ZERO;
   if (zero) check_rbits(rbits_in, steps, M, op);
   const Tensor beta = beta_in.contiguous();
   const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
+  const Tensor carry_c = carry.defined() ? carry.contiguous() : carry;
   Tensor delta = at::empty({steps, M}, like.options());
-  // No step: U[0] does not reach the loss.
-  Tensor dmem0 = steps ? at::empty({M}, like.options()) : at::zeros({M}, like.options());
-  if (steps == 0) return {delta, dmem0};
+  // No step: U[0] does not reach the loss (a carry passes through unchanged).
+  if (steps == 0) return {delta, carry.defined() ? carry.clone() : at::zeros({M}, like.options())};
+  Tensor dmem0 = at::empty({M}, like.options());
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "lif_bwd_cpu", [&] {
     make_eps(scalar_t(0), [&](const auto& eps) {
       auto run = [&](auto kernel) {
         for_each_block(M, [&](int64_t m0, int64_t m1) {
           kernel(eps, beta.const_data_ptr<scalar_t>(), zero ? rbits.const_data_ptr<int32_t>() : nullptr,
+                 carry_c.defined() ? carry_c.const_data_ptr<scalar_t>() : nullptr,
                  delta.mutable_data_ptr<scalar_t>(), dmem0.mutable_data_ptr<scalar_t>(), steps, M,
                  m0, m1);
         });
@@ -196,37 +203,53 @@ std::tuple<Tensor, Tensor> lif_bwd_cpu(const Tensor& eps_in, const Tensor& beta_
   check_float(eps_in, "lif_bwd", "eps");
   TORCH_CHECK(eps_in.dim() == 2, "lif_bwd: `eps` must have shape [T, M], got ", eps_in.sizes());
   const Tensor eps = eps_in.contiguous();
-  return run_lif_bwd(eps, beta_in, rbits_in, reset, "lif_bwd", "eps", [&](auto tag, const auto& scan) {
-    using T = decltype(tag);
-    scan(GivenEps<T>{eps.const_data_ptr<T>(), eps.size(1)});
-  });
+  return run_lif_bwd(eps, beta_in, rbits_in, Tensor(), reset, "lif_bwd", "eps",
+                     [&](auto tag, const auto& scan) {
+                       using T = decltype(tag);
+                       scan(GivenEps<T>{eps.const_data_ptr<T>(), eps.size(1)});
+                     });
 }
 
-std::tuple<Tensor, Tensor> lif_bwd_band_cpu(const Tensor& grad_in, const Tensor& bits_in,
-                                            const Tensor& vals_in,
+std::tuple<Tensor, Tensor> lif_bwd_band_cpu(const std::optional<Tensor>& grad_spk_in,
+                                            const Tensor& bits_in, const Tensor& vals_in,
                                             const std::optional<Tensor>& grad_mem_in,
+                                            const std::optional<Tensor>& dmem_last_in,
                                             const Tensor& beta_in, const Tensor& rbits_in,
                                             int64_t shape, double p, double gamma, int64_t reset) {
   constexpr const char* op = "lif_bwd_band";
-  std::vector<int64_t> offs;
-  check_band(grad_in, bits_in, vals_in, shape, op, offs, "grad_spk");
-  TORCH_CHECK(grad_in.dim() == 2, op, ": `grad_spk` must have shape [T, M], got ", grad_in.sizes());
+  const bool has_spk = grad_spk_in.has_value() && grad_spk_in->defined();
   const bool has_mem = grad_mem_in.has_value() && grad_mem_in->defined();
-  if (has_mem) {
+  TORCH_CHECK(has_spk || has_mem, op, ": needs `grad_spk` or `grad_mem` (both are None)");
+  const char* like_name = has_spk ? "grad_spk" : "grad_mem";
+  const Tensor& like_in = has_spk ? *grad_spk_in : *grad_mem_in;
+  check_float(like_in, op, like_name);
+  TORCH_CHECK(like_in.dim() == 2, op, ": `", like_name, "` must have shape [T, M], got ", like_in.sizes());
+  std::vector<int64_t> offs;
+  if (has_spk) check_band(like_in, bits_in, vals_in, shape, op, offs, "grad_spk");
+  if (has_spk && has_mem) {
     check_float(*grad_mem_in, op, "grad_mem");
-    TORCH_CHECK(grad_mem_in->scalar_type() == grad_in.scalar_type(), op,
-                ": `grad_mem` must have the dtype of `grad_spk` (", grad_in.scalar_type(), "), got ",
+    TORCH_CHECK(grad_mem_in->scalar_type() == like_in.scalar_type(), op,
+                ": `grad_mem` must have the dtype of `grad_spk` (", like_in.scalar_type(), "), got ",
                 grad_mem_in->scalar_type());
-    TORCH_CHECK(grad_mem_in->sizes() == grad_in.sizes(), op, ": `grad_mem` must have the shape of "
-                "`grad_spk` ", grad_in.sizes(), ", got ", grad_mem_in->sizes());
+    TORCH_CHECK(grad_mem_in->sizes() == like_in.sizes(), op, ": `grad_mem` must have the shape of "
+                "`grad_spk` ", like_in.sizes(), ", got ", grad_mem_in->sizes());
   }
-  const Tensor grad = grad_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous();
+  const Tensor carry = dmem_last_in.has_value() ? *dmem_last_in : Tensor();
   const Tensor gmem = has_mem ? grad_mem_in->contiguous() : Tensor();
+  if (!has_spk) {  // eps is the membrane gradient itself
+    return run_lif_bwd(gmem, beta_in, rbits_in, carry, reset, op, like_name,
+                       [&](auto tag, const auto& scan) {
+                         using T = decltype(tag);
+                         scan(GivenEps<T>{gmem.const_data_ptr<T>(), gmem.size(1)});
+                       });
+  }
+  const Tensor grad = like_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous();
   const Tensor expu = band_exp(vals, shape, p);
   const int64_t n = grad.numel(), words = bits.numel();
   const std::vector<int64_t> woff =
       words ? word_offsets(bits.const_data_ptr<int32_t>(), words, n, offs) : std::vector<int64_t>();
-  return run_lif_bwd(grad, beta_in, rbits_in, reset, op, "grad_spk", [&](auto tag, const auto& scan) {
+  return run_lif_bwd(grad, beta_in, rbits_in, carry, reset, op, like_name,
+                     [&](auto tag, const auto& scan) {
     using T = decltype(tag);
     with_shape(shape, [&](auto s) {
       constexpr int64_t S = decltype(s)::value;

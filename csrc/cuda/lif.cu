@@ -85,10 +85,12 @@ struct BandEps {
 };
 
 // Delta[t] = eps[t] + a[t+1]*Delta[t+1] backwards in t, dmem0 = a[0]*Delta[0], with
-// a[t] = beta, or beta*(1 - r[t]) for the zero reset (r[t] = bit t*M + m of rbits).
+// a[t] = beta, or beta*(1 - r[t]) for the zero reset (r[t] = bit t*M + m of rbits), and
+// a[T]*Delta[T] = carry[m] (0 if nullptr: the gradient from steps after a chunk).
 template <typename scalar_t, typename Eps>
 __global__ void lif_bwd_kernel(const Eps eps, const scalar_t* __restrict__ beta,
-                               const int32_t* __restrict__ rbits, scalar_t* __restrict__ delta,
+                               const int32_t* __restrict__ rbits,
+                               const scalar_t* __restrict__ carry, scalar_t* __restrict__ delta,
                                scalar_t* __restrict__ dmem0, int64_t T, int64_t M,
                                bool zero_reset) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -100,13 +102,14 @@ __global__ void lif_bwd_kernel(const Eps eps, const scalar_t* __restrict__ beta,
       const opmath_t r = get_bit(rbits, t * M + m) ? opmath_t(1) : opmath_t(0);
       return mul_rn(b, opmath_t(1) - r);
     };
+    const opmath_t last = carry != nullptr ? static_cast<opmath_t>(carry[m]) : opmath_t(0);
     opmath_t acc = opmath_t(0);
     for (int64_t t = T - 1; t >= 0; --t) {
       const opmath_t e = eps(t * M + m);
-      acc = t + 1 < T ? e + mul_rn(a(t + 1), acc) : e + opmath_t(0);
+      acc = t + 1 < T ? e + mul_rn(a(t + 1), acc) : e + last;
       delta[t * M + m] = static_cast<scalar_t>(acc);
     }
-    dmem0[m] = static_cast<scalar_t>(T > 0 ? mul_rn(a(0), acc) : opmath_t(0));
+    dmem0[m] = static_cast<scalar_t>(T > 0 ? mul_rn(a(0), acc) : last);
   }
 }
 
@@ -143,20 +146,25 @@ at::Tensor lif_fwd_cuda(const at::Tensor& cur_in, const at::Tensor& mem0_in,
   return out;
 }
 
-// Checks beta/rbits against the [T, M] gradient `like` and runs the scan with the eps
-// source make_eps(scalar_t tag).
+// Checks beta/rbits/carry against the [T, M] gradient `like` and runs the scan with the
+// eps source make_eps(scalar_t tag).
 template <typename MakeEps>
 std::tuple<at::Tensor, at::Tensor> run_lif_bwd(const at::Tensor& like, const char* like_name,
                                                const at::Tensor& beta_in, const at::Tensor& rbits_in,
-                                               int64_t reset, const char* op,
-                                               const MakeEps& make_eps) {
+                                               const at::Tensor& carry_in, int64_t reset,
+                                               const char* op, const MakeEps& make_eps) {
   check_reset_id(reset, op);
   const int64_t T = like.size(0);
   const int64_t M = like.size(1);
-  check_same_device(beta_in, like, op, "beta");
-  check_same_dtype(beta_in, like, op, "beta", like_name);
-  check_dim(beta_in, 1, op, "beta");
-  check_numel(beta_in, M, op, "beta", "one per neuron, the gradient's shape[1]");
+  const std::pair<const at::Tensor*, const char*> per_neuron[] = {{&beta_in, "beta"},
+                                                                   {&carry_in, "dmem_last"}};
+  for (const auto& [t, name] : per_neuron) {
+    if (!t->defined()) continue;
+    check_same_device(*t, like, op, name);
+    check_same_dtype(*t, like, op, name, like_name);
+    check_dim(*t, 1, op, name);
+    check_numel(*t, M, op, name, "one per neuron, the gradient's shape[1]");
+  }
   const bool zero_reset = reset == ZERO;
   if (zero_reset) {  // rbits is read only for the zero reset
     check_bits(rbits_in, like, op, "rbits");
@@ -165,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> run_lif_bwd(const at::Tensor& like, const cha
   }
   const at::Tensor beta = beta_in.contiguous();
   const at::Tensor rbits = zero_reset ? rbits_in.contiguous() : at::Tensor();
+  const at::Tensor carry = carry_in.defined() ? carry_in.contiguous() : at::Tensor();
   at::Tensor delta = at::empty({T, M}, like.options());
   at::Tensor dmem0 = at::empty({M}, like.options());
   if (M == 0) return {delta, dmem0};
@@ -172,7 +181,8 @@ std::tuple<at::Tensor, at::Tensor> run_lif_bwd(const at::Tensor& like, const cha
     const auto eps = make_eps(scalar_t(0));
     lif_bwd_kernel<scalar_t><<<grid_for(M), kThreads, 0, stream()>>>(
         eps, beta.data_ptr<scalar_t>(), zero_reset ? rbits.data_ptr<int32_t>() : nullptr,
-        delta.data_ptr<scalar_t>(), dmem0.data_ptr<scalar_t>(), T, M, zero_reset);
+        carry.defined() ? carry.data_ptr<scalar_t>() : nullptr, delta.data_ptr<scalar_t>(),
+        dmem0.data_ptr<scalar_t>(), T, M, zero_reset);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {delta, dmem0};
@@ -187,34 +197,48 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cuda(const at::Tensor& eps_in,
   check_dim(eps_in, 2, op, "eps");
   const c10::cuda::CUDAGuard guard(eps_in.device());
   const at::Tensor eps = eps_in.contiguous();
-  return run_lif_bwd(eps, "eps", beta_in, rbits_in, reset, op, [&](auto tag) {
+  return run_lif_bwd(eps, "eps", beta_in, rbits_in, at::Tensor(), reset, op, [&](auto tag) {
     using scalar_t = decltype(tag);
     return GivenEps<scalar_t>{eps.data_ptr<scalar_t>()};
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> lif_bwd_band_cuda(
-    const at::Tensor& grad_in, const at::Tensor& bits_in, const at::Tensor& vals_in,
-    const std::optional<at::Tensor>& grad_mem_in, const at::Tensor& beta_in,
+    const std::optional<at::Tensor>& grad_spk_in, const at::Tensor& bits_in,
+    const at::Tensor& vals_in, const std::optional<at::Tensor>& grad_mem_in,
+    const std::optional<at::Tensor>& dmem_last_in, const at::Tensor& beta_in,
     const at::Tensor& rbits_in, int64_t shape, double p, double gamma, int64_t reset) {
   constexpr const char* op = "lif_bwd_band";
-  check_band(grad_in, bits_in, vals_in, shape, op, "grad_spk");
-  check_dim(grad_in, 2, op, "grad_spk");
+  const bool has_spk = grad_spk_in.has_value() && grad_spk_in->defined();
   const bool has_mem = grad_mem_in.has_value() && grad_mem_in->defined();
-  if (has_mem) {
-    check_same_device(*grad_mem_in, grad_in, op, "grad_mem");
-    check_same_dtype(*grad_mem_in, grad_in, op, "grad_mem", "grad_spk");
-    TORCH_CHECK(grad_mem_in->sizes() == grad_in.sizes(), op, ": `grad_mem` must have the shape of "
-                "`grad_spk` ", grad_in.sizes(), ", got ", grad_mem_in->sizes());
+  TORCH_CHECK(has_spk || has_mem, op, ": needs `grad_spk` or `grad_mem` (both are None)");
+  const char* like_name = has_spk ? "grad_spk" : "grad_mem";
+  const at::Tensor& like_in = has_spk ? *grad_spk_in : *grad_mem_in;
+  check_cuda(like_in, op, like_name);
+  check_floating(like_in, op, like_name);
+  check_dim(like_in, 2, op, like_name);
+  if (has_spk) check_band(like_in, bits_in, vals_in, shape, op, "grad_spk");
+  if (has_spk && has_mem) {
+    check_same_device(*grad_mem_in, like_in, op, "grad_mem");
+    check_same_dtype(*grad_mem_in, like_in, op, "grad_mem", "grad_spk");
+    TORCH_CHECK(grad_mem_in->sizes() == like_in.sizes(), op, ": `grad_mem` must have the shape of "
+                "`grad_spk` ", like_in.sizes(), ", got ", grad_mem_in->sizes());
   }
-  const c10::cuda::CUDAGuard guard(grad_in.device());
-  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor carry = dmem_last_in.has_value() ? *dmem_last_in : at::Tensor();
+  const c10::cuda::CUDAGuard guard(like_in.device());
+  const at::Tensor gmem = has_mem ? grad_mem_in->contiguous() : at::Tensor();
+  if (!has_spk) {  // eps is the membrane gradient itself
+    return run_lif_bwd(gmem, like_name, beta_in, rbits_in, carry, reset, op, [&](auto tag) {
+      using scalar_t = decltype(tag);
+      return GivenEps<scalar_t>{gmem.data_ptr<scalar_t>()};
+    });
+  }
+  const at::Tensor grad = like_in.contiguous();
   const at::Tensor bits = bits_in.contiguous();
   const at::Tensor vals = vals_in.contiguous();
-  const at::Tensor gmem = has_mem ? grad_mem_in->contiguous() : at::Tensor();
   const bool dense = bits.numel() == 0;
   const at::Tensor incl = dense ? at::Tensor() : band_ranks(bits);
-  return run_lif_bwd(grad, "grad_spk", beta_in, rbits_in, reset, op, [&](auto tag) {
+  return run_lif_bwd(grad, like_name, beta_in, rbits_in, carry, reset, op, [&](auto tag) {
     using scalar_t = decltype(tag);
     using opmath_t = at::opmath_type<scalar_t>;
     return BandEps<scalar_t>{grad.data_ptr<scalar_t>(),
