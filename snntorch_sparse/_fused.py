@@ -44,6 +44,7 @@ double differentiation (``create_graph=True``) gives results that raise a clear 
 when differentiated again, never a silent zero.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -406,7 +407,8 @@ class LinearConfig:
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
     it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and
-    :func:`spiking_linear` with the band size (``"in_band"``).
+    :func:`spiking_linear` with the band size (``"in_band"``) and the number of time chunks
+    (``"chunks"``). ``time_chunk``: steps per chunk (:func:`chunk_steps`; None: one).
     """
 
     neuron: Neuron
@@ -414,6 +416,7 @@ class LinearConfig:
     readout: bool = False
     dw_form: Optional[str] = None
     report: Optional[dict] = None
+    time_chunk: object = None
 
 
 def compact_input(x2d, max_density=COMPACT_INPUT_MAX_DENSITY):
@@ -484,54 +487,119 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
     return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
+#: Bytes of one time chunk's widest [steps·B, features] tensor under ``time_chunk="auto"``:
+#: small enough that a chunk's temporaries are recycled by the allocator instead of being
+#: mapped (and page-faulted) afresh, large enough that the per-chunk calls are amortised.
+CHUNK_BYTES = 8 << 20
+
+
+def chunk_steps(setting, T, B, n_in, n_out, itemsize):
+    """Time steps per chunk of a fused layer (``T``: one chunk).
+
+    ``setting``: None (the whole sequence at once), ``"auto"`` (:data:`CHUNK_BYTES`) or a
+    number of steps. Rounded to a multiple of the steps after which both the input's and
+    the output's elements fill whole 32-bit words, so each chunk owns whole words of the
+    packed band bits (its own and the upstream's).
+    """
+    if setting is None:
+        return T
+    if setting == "auto":
+        steps = max(1, CHUNK_BYTES // (B * max(n_in, n_out) * itemsize))
+    else:
+        steps = setting
+    align = math.lcm(32 // math.gcd(B * n_out, 32), 32 // math.gcd(B * n_in, 32))
+    return min(T, max(align, steps // align * align))
+
+
+def _cat(parts):
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _span(t, a, b, n):
+    """``t[a:b]`` of ``t`` with ``n`` rows, or ``t`` itself when that is all of it (one
+    chunk: no view for torch.compile to trace; ``n`` is passed, as a traced backward may
+    not ask a saved input its shape)."""
+    return t if a == 0 and b == n else t[a:b]
+
+
 class _SpikingLinear(torch.autograd.Function):
-    """``I = X·Wᵀ + b`` then a LIF layer, over all ``T`` steps (see :func:`spiking_linear`)."""
+    """``I = X·Wᵀ + b`` then a LIF layer, over all ``T`` steps (see :func:`spiking_linear`),
+    in chunks of time steps: the forward carries ``U`` from chunk to chunk, the backward
+    runs the chunks in reverse, carrying ``a·Δ`` (``lif_bwd_band``'s ``dmem_last``) and
+    summing ∂W, so that apart from the layer's input and outputs nothing of size
+    ``T·B·n`` is alive — only one chunk's currents, membrane temporaries and Δ."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, beta, theta, mem0, up_bits, cfg, track):
         nrn = cfg.neuron
         T, B, n_in = x.shape
         n_out = weight.shape[0]
-        R = T * B
-        x2d = x.reshape(R, n_in)
+        x2d = x.reshape(T * B, n_in)
         need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
         # The input, only if the weight gradient needs it: compact when sparse enough.
         # Compaction has a data-dependent size: a traced graph keeps the input dense (the
         # dense GEMM then forms ∂W; equal values), and the library's forward.
         eager = cfg.sparse and not torch.compiler.is_compiling()
-        csc = compact_input(x2d) if need_w and eager else None
-        events = (eager and x.device.type == "cpu"
-                  and few_nonzeros(x2d, csc, need_w, event_max_density(n_out)))
-        cur = (ops.linear_fwd_events(x2d, weight.t().contiguous(), bias) if events
-               else F.linear(x2d, weight, bias)).view(T, B * n_out)
-        if cfg.report is not None and not torch.compiler.is_compiling():
-            cfg.report["fwd"] = "events" if events else "dense"
-        dt = cur.dtype
         step = (B, n_out)
+        dt = x.dtype
         betaf = _per_element(beta, step, dt, "beta")
         thetaf = _per_element(theta, step, dt, "threshold")
-        mem0f = (torch.zeros_like(cur[0]) if mem0 is None
+        mem0f = (x.new_zeros(B * n_out) if mem0 is None
                  else _per_element(mem0, step, dt, "mem"))
-        mem, spk, bits, vals = _neuron_forward(cur, mem0f, betaf, thetaf, nrn,
-                                               not cfg.readout)
+        keep_rbits = not cfg.readout and _needs_rbits(nrn, need_theta)
+        wt = None
+        steps = chunk_steps(cfg.time_chunk, T, B, n_in, n_out, x.element_size())
+        bounds = [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
+        mems, spks, bitss, valss, rbitss, cscs, x_compact = [], [], [], [], [], [], True
+        prev = mem0f
+        for t0, t1 in bounds:
+            xc = _span(x2d, t0 * B, t1 * B, T * B)
+            csc = compact_input(xc) if need_w and eager else None
+            x_compact = x_compact and csc is not None
+            cscs.append(csc)
+            events = (eager and x.device.type == "cpu"
+                      and few_nonzeros(xc, csc, need_w, event_max_density(n_out)))
+            if events and wt is None:
+                wt = weight.t().contiguous()
+            cur = (ops.linear_fwd_events(xc, wt, bias) if events
+                   else F.linear(xc, weight, bias)).view(t1 - t0, B * n_out)
+            if cfg.report is not None and not torch.compiler.is_compiling():
+                cfg.report["fwd"] = "events" if events else "dense"
+            mem, spk, bits, vals = _neuron_forward(cur, prev, betaf, thetaf, nrn,
+                                                   not cfg.readout)
+            if keep_rbits:
+                rbitss.append(_reset_bits(prev, mem, thetaf))
+            mems.append(mem)
+            spks.append(spk)
+            bitss.append(bits)
+            valss.append(vals)
+            prev = mem[-1]
+        mem = _cat(mems)
+        if cfg.report is not None:
+            cfg.report["chunks"] = len(bounds)
 
-        ctx.x_compact = csc is not None
-        x_saved = (None, None, None, None)
-        if need_w:
-            x_saved = (None,) + csc if csc is not None else (x2d, None, None, None)
+        ctx.x_compact = need_w and x_compact
+        csc_saved = [t for c in cscs for t in (c or (None, None, None))] if ctx.x_compact else []
         # The trace form needs β as a python float: read it here (a sync, forward only).
+        # It walks the input trace from t = 0, so it runs on an unchunked sequence only.
         eligible = (cfg.sparse and not cfg.readout and nrn.banded and beta.numel() == 1
-                    and not beta.requires_grad and nrn.reset in (SUBTRACT, NONE))
+                    and not beta.requires_grad and nrn.reset in (SUBTRACT, NONE)
+                    and len(bounds) == 1)
         ctx.trace_beta = float(beta) if eligible and ctx.x_compact else None
-        rbits = (_reset_bits(mem0f, mem, thetaf)
-                 if not cfg.readout and _needs_rbits(nrn, need_theta)
-                 else _empty_bits(x.device))
+        rbits = _cat(rbitss) if keep_rbits else _empty_bits(x.device)
         if cfg.readout:
-            spk, bits, vals = cur.new_empty(0), _empty_bits(x.device), cur.new_empty(0)
+            spk, bits, vals = mem.new_empty(0), _empty_bits(x.device), mem.new_empty(0)
+        else:
+            spk, bits, vals = _cat(spks), _cat(bitss), _cat(valss)
+        # where each chunk's band values start (one chunk: all of them)
+        ctx.band_counts = ([v.numel() for v in valss] if len(bounds) > 1 and not cfg.readout
+                           else None)
+        ctx.bounds = bounds
         ctx.save_for_backward(
-            *x_saved, weight if need_x else None, bits, vals, beta, rbits,
+            x if need_w and not ctx.x_compact else None,
+            weight if need_x else None, bits, vals, beta, rbits,
             mem if need_beta else None, mem0f if need_beta else None,
-            up_bits if (need_x and cfg.sparse) else None,
+            up_bits if (need_x and cfg.sparse) else None, *csc_saved,
         )
         ctx.cfg = cfg
         ctx.dims = (T, B, n_in, n_out)
@@ -545,60 +613,79 @@ class _SpikingLinear(torch.autograd.Function):
     @staticmethod
     @first_order_only("SpikingLinear")
     def backward(ctx, grad_spk, grad_mem, _grad_bits, _grad_vals):
-        (x2d, colptr, rows, xvals, weight, bits, vals, beta, rbits, mem, mem0f,
-         up_bits) = ctx.saved_tensors
+        x, weight, bits, vals, beta, rbits, mem, mem0f, up_bits, *csc_saved = ctx.saved_tensors
         cfg = ctx.cfg
         nrn = cfg.neuron
         T, B, n_in, n_out = ctx.dims
-        R = T * B
         if cfg.readout:
             grad_spk = None
         if grad_spk is None and grad_mem is None:
             return (None,) * 9
         like = grad_spk if grad_spk is not None else grad_mem
-        dt = like.dtype
         step = (B, n_out)
-        flat = lambda g: None if g is None else g.reshape(T, B * n_out)  # noqa: E731
-        betaf = _per_element(beta, step, dt, "beta")
-        delta, dmem0 = _neuron_backward(flat(grad_spk), flat(grad_mem), bits, vals, betaf,
-                                        rbits, nrn)
-        delta2d = delta.view(R, n_out)
+        M = B * n_out
+        flat = lambda g: None if g is None else g.reshape(T, M)  # noqa: E731
+        grad_spk, grad_mem = flat(grad_spk), flat(grad_mem)
+        betaf = _per_element(beta, step, like.dtype, "beta")
         need_x, need_w, need_b, need_beta, need_theta, need_mem0, _, _, _ = ctx.needs_input_grad
+        wt = weight.t().contiguous() if need_x and up_bits is not None else None
+        report = cfg.report is not None and not torch.compiler.is_compiling()
 
-        d_x = None
-        if need_x:
-            if up_bits is not None:
-                d_x = ops.dx_masked(delta2d, weight.t().contiguous(), up_bits)
-            else:
-                d_x = delta2d @ weight
-            d_x = d_x.view(T, B, n_in)
-        d_w = None
-        if need_w:
-            form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
-                              ctx.x_compact and xvals.numel() == 0, vals.numel(),
-                              ctx.trace_beta, T, B, n_in, n_out, grad_mem)
-            if form == "dense":
-                d_w = delta2d.t() @ x2d
-            elif form == "spikes":
-                d_w = ops.dw_spikes(delta2d, colptr, rows, xvals, n_in).t()
-            else:
-                rowptr, cols = _active_csr(bits, vals.numel(), R, n_out)
-                eps_vals = ops.band_grad(flat(grad_spk), bits, vals, nrn.shape, nrn.p,
-                                         nrn.gamma, True)
-                d_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
-                                   ctx.trace_beta, T, B, n_out).t()
-            if cfg.report is not None and not torch.compiler.is_compiling():
-                cfg.report["dw"] = form
-        if cfg.report is not None and need_x and not torch.compiler.is_compiling():
+        dxs, d_w, d_b, d_beta, d_theta, carry = [], None, None, None, None, None
+        add = lambda acc, g: g if acc is None else acc + g  # noqa: E731
+        band_ends = [0] + list(itertools.accumulate(ctx.band_counts or []))
+        for i in reversed(range(len(ctx.bounds))):
+            t0, t1 = ctx.bounds[i]
+            r0, r1 = t0 * B, t1 * B
+            words = slice(t0 * M // 32, (t1 * M + 31) // 32)  # whole words (chunk_steps)
+            c_bits = bits[words] if bits.numel() else bits
+            c_vals = (vals if ctx.band_counts is None else vals[band_ends[i]:band_ends[i + 1]])
+            c_rbits = rbits[words] if rbits.numel() else rbits
+            g_spk = None if grad_spk is None else grad_spk[t0:t1]
+            g_mem = None if grad_mem is None else grad_mem[t0:t1]
+            delta, carry = _neuron_backward(g_spk, g_mem, c_bits, c_vals, betaf, c_rbits, nrn,
+                                            carry)
+            delta2d = delta.view(r1 - r0, n_out)
+            if need_x:
+                if up_bits is not None:
+                    c_up = up_bits[r0 * n_in // 32:(r1 * n_in + 31) // 32]
+                    dxs.append(ops.dx_masked(delta2d, wt, c_up))
+                else:
+                    dxs.append(delta2d @ weight)
+            if need_w:
+                colptr, rows, xvals = (csc_saved[3 * i:3 * i + 3] if ctx.x_compact
+                                       else (None, None, None))
+                form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
+                                  ctx.x_compact and xvals.numel() == 0, c_vals.numel(),
+                                  ctx.trace_beta, t1 - t0, B, n_in, n_out, grad_mem)
+                if form == "dense":
+                    g_w = delta2d.t() @ _span(x, t0, t1, T).reshape(r1 - r0, n_in)
+                elif form == "spikes":
+                    g_w = ops.dw_spikes(delta2d, colptr, rows, xvals, n_in).t()
+                else:
+                    rowptr, cols = _active_csr(c_bits, c_vals.numel(), r1 - r0, n_out)
+                    eps_vals = ops.band_grad(g_spk, c_bits, c_vals, nrn.shape, nrn.p,
+                                             nrn.gamma, True)
+                    g_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
+                                       ctx.trace_beta, t1 - t0, B, n_out).t()
+                d_w = add(d_w, g_w)
+                if report:
+                    cfg.report["dw"] = form
+            if need_b:
+                d_b = add(d_b, delta2d.sum(0))
+            if need_beta:
+                prev = mem0f if t0 == 0 else mem[t0 - 1]
+                d_beta = add(d_beta, _beta_grad(delta, mem[t0:t1], prev, c_rbits, nrn))
+            if need_theta:
+                band = _band_part(g_spk, c_bits, c_vals, nrn)
+                d_theta = add(d_theta, _theta_grad(delta, band, c_rbits, nrn))
+        if report and need_x:
             cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
-        d_b = delta2d.sum(0) if need_b else None
-        d_beta = (_reduce(_beta_grad(delta, mem, mem0f, rbits, nrn), step, beta_meta)
-                  if need_beta else None)
-        d_theta = (_reduce(_theta_grad(delta, _band_part(flat(grad_spk), bits, vals, nrn),
-                                       rbits, nrn), step, theta_meta)
-                   if need_theta else None)
-        d_mem0 = _reduce(dmem0, step, mem0_meta) if need_mem0 else None
+        d_x = _cat(dxs[::-1]).view(T, B, n_in) if need_x else None
+        d_beta = _reduce(d_beta, step, beta_meta) if need_beta else None
+        d_theta = _reduce(d_theta, step, theta_meta) if need_theta else None
+        d_mem0 = _reduce(carry, step, mem0_meta) if need_mem0 else None
         return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None
 
 

@@ -100,6 +100,14 @@ class SpikingLinear(SpikingLayer):
         readout: the infinite-threshold readout (returns the membrane).
         backward: "sparse", "dense" or "rate".
         graded_spikes_factor: γ, a fixed float.
+        time_chunk: backward "sparse"/"dense" run the sequence in chunks of this many
+            time steps (rounded to whole words of packed bits): the forward carries the
+            membrane across chunks and the backward runs them in reverse carrying the
+            gradient, so besides the input and the outputs only one chunk's temporaries
+            are alive — peak memory bounded in T, results equal to the unchunked layer
+            (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
+            (default): chunks of about 8 MiB of the widest per-chunk tensor; None: the
+            whole sequence at once. The trace form of ∂W runs only unchunked.
         device, dtype: as ``nn.Linear``.
 
     Example::
@@ -116,8 +124,14 @@ class SpikingLinear(SpikingLayer):
     def __init__(self, in_features, out_features, beta, threshold=1.0, bias=False,
                  spike_grad=None, b_th=DEFAULT_B_TH, reset_mechanism="subtract", learn_beta=False,
                  learn_threshold=False, readout=False, backward="sparse",
-                 graded_spikes_factor=1.0, device=None, dtype=None):
+                 graded_spikes_factor=1.0, time_chunk="auto", device=None, dtype=None):
         super().__init__()
+        if not (time_chunk is None or time_chunk == "auto" or (
+                isinstance(time_chunk, int) and not isinstance(time_chunk, bool)
+                and time_chunk > 0)):
+            raise ValueError(f'time_chunk must be a positive int (steps), "auto" or None, got '
+                             f'{time_chunk!r}')
+        self.time_chunk = time_chunk
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         factory = {"device": device, "dtype": dtype}
@@ -139,6 +153,11 @@ class SpikingLinear(SpikingLayer):
         self._check_sequence(x, lambda x: x.dim() == 3 and x.shape[-1] == self.in_features,
                              f"[T, B, in_features={self.in_features}]")
         self._check_mem(mem, (x.shape[1], self.out_features), "[B, out_features]")
+
+    def _config(self):
+        cfg = super()._config()
+        cfg.time_chunk = self.time_chunk
+        return cfg
 
     def _forward_fused(self, x, beta, theta, mem, cfg):
         return _fused.spiking_linear(x, self.weight, self.bias, beta, theta, mem, cfg)

@@ -93,9 +93,10 @@ CONFIGS = {
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("reset", RESETS)
 @pytest.mark.parametrize("level", list(ACTIVITY))
-def test_matches_reference(level, reset, config):
+@pytest.mark.parametrize("time_chunk", [None, 7])  # 7 → chunks of 16 steps (whole words)
+def test_matches_reference(level, reset, config, time_chunk):
     kw, per_neuron, with_mem0 = CONFIGS[config]
-    kw = dict(kw)
+    kw = dict(kw, time_chunk=time_chunk)
     if per_neuron:
         kw["beta"] = torch.rand(N_OUT, dtype=DT) * 0.3 + 0.65
         kw["threshold"] = torch.rand(N_OUT, dtype=DT) * 0.4 + 0.8
@@ -107,6 +108,7 @@ def test_matches_reference(level, reset, config):
     ref = _reference(layer, x, mem0)
     assert out.dtype == DT and out.shape == (T, B, N_OUT)
     assert torch.equal(out, ref)
+    assert layer._report["chunks"] == (1 if time_chunk is None else 2)
     lo, hi = ACTIVITY[level][4]
     if layer.b_th is not None and mem0 is None:
         band = ((_membrane(layer, x) - layer.threshold).abs() < layer.b_th).double().mean()
@@ -240,6 +242,46 @@ def test_stacked_input_gradient_only_where_upstream_active(level, second):
     assert band.any() and not band.all()
     torch.testing.assert_close(spk1.grad[band], dense[band], rtol=1e-10, atol=1e-12)
     assert not spk1.grad[~band].any()
+
+
+@pytest.mark.parametrize("second", ["hidden", "readout"])
+@pytest.mark.parametrize("reset", RESETS)
+def test_time_chunks_equal_the_whole_sequence(second, reset):
+    """Two stacked layers in chunks of 5 steps (uneven: 23 = 5+5+5+5+3) against the same
+    layers unchunked: equal outputs, equal gradients (∂W summed per chunk: to rounding),
+    the masked input gradient included."""
+    n_in, hidden, n_out, steps, batch = 24, 16, 8, 23, 4
+    torch.manual_seed(3)
+    x = _spikes(0.2, (steps, batch, n_in)).requires_grad_()
+    mem0 = (torch.rand(batch, hidden, dtype=DT) * 0.5).requires_grad_()
+    runs = []
+    for chunk in (None, 5):
+        torch.manual_seed(4)
+        l1 = _layer("30%", n_in=n_in, n_out=hidden, beta=torch.rand(hidden, dtype=DT) * 0.3 + 0.6,
+                    bias=True, learn_beta=True, learn_threshold=True, reset_mechanism=reset,
+                    time_chunk=chunk)
+        l2 = _layer("30%", n_in=hidden, n_out=n_out, beta=0.8, readout=second == "readout",
+                    time_chunk=chunk)
+        with torch.no_grad():
+            l2.weight.mul_(4)
+        out = l2(l1(x, mem0))
+        params = [x, mem0, l1.weight, l1.bias, l1.beta, l1.threshold, l2.weight]
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=DT)
+                                     .view(out.shape)).sum(), params)
+        runs.append((out, grads, l1._report["chunks"], l2._report["chunks"]))
+        assert l2._report["dx_masked"]
+    (out_a, grads_a, *_), (out_b, grads_b, c1, c2) = runs
+    assert (c1, c2) == (5, 5)
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "whole"])
+def test_time_chunk_must_be_steps(bad):
+    with pytest.raises(ValueError, match="time_chunk"):
+        SpikingLinear(4, 3, beta=0.9, time_chunk=bad)
 
 
 def test_leaky_sequence_feeds_masked_input_gradient():
