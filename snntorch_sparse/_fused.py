@@ -409,6 +409,8 @@ class LinearConfig:
     it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and
     :func:`spiking_linear` with the band size (``"in_band"``) and the number of time chunks
     (``"chunks"``). ``time_chunk``: steps per chunk (:func:`chunk_steps`; None: one).
+    ``membrane``: whether the caller wants the membrane sequence (False: :func:`spiking_linear`
+    returns None for it, and a hidden layer never forms it whole).
     """
 
     neuron: Neuron
@@ -417,6 +419,7 @@ class LinearConfig:
     dw_form: Optional[str] = None
     report: Optional[dict] = None
     time_chunk: object = None
+    membrane: bool = True
 
 
 def compact_input(x2d, max_density=COMPACT_INPUT_MAX_DENSITY):
@@ -487,10 +490,11 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
     return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
-#: Bytes of one time chunk's widest [steps·B, features] tensor under ``time_chunk="auto"``:
-#: small enough that a chunk's temporaries are recycled by the allocator instead of being
-#: mapped (and page-faulted) afresh, large enough that the per-chunk calls are amortised.
-CHUNK_BYTES = 8 << 20
+#: ``time_chunk="auto"``: a sequence whose widest ``[T·B, features]`` tensor is at most
+#: this many bytes runs whole; a longer one in chunks of about this size — large enough
+#: that the per-chunk calls (each a parallel region) are amortised, small enough that
+#: peak memory no longer grows with ``T`` beyond the layer's input and outputs.
+CHUNK_BYTES = 64 << 20
 
 
 def chunk_steps(setting, T, B, n_in, n_out, itemsize):
@@ -547,6 +551,7 @@ class _SpikingLinear(torch.autograd.Function):
         mem0f = (x.new_zeros(B * n_out) if mem0 is None
                  else _per_element(mem0, step, dt, "mem"))
         keep_rbits = not cfg.readout and _needs_rbits(nrn, need_theta)
+        keep_mem = cfg.membrane or cfg.readout or need_beta
         wt = None
         steps = chunk_steps(cfg.time_chunk, T, B, n_in, n_out, x.element_size())
         bounds = [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
@@ -569,12 +574,13 @@ class _SpikingLinear(torch.autograd.Function):
                                                    not cfg.readout)
             if keep_rbits:
                 rbitss.append(_reset_bits(prev, mem, thetaf))
-            mems.append(mem)
+            if keep_mem:
+                mems.append(mem)
             spks.append(spk)
             bitss.append(bits)
             valss.append(vals)
             prev = mem[-1]
-        mem = _cat(mems)
+        mem = _cat(mems) if keep_mem else prev.new_empty(0)
         if cfg.report is not None:
             cfg.report["chunks"] = len(bounds)
 
@@ -587,6 +593,9 @@ class _SpikingLinear(torch.autograd.Function):
                     and len(bounds) == 1)
         ctx.trace_beta = float(beta) if eligible and ctx.x_compact else None
         rbits = _cat(rbitss) if keep_rbits else _empty_bits(x.device)
+        ctx.keep_mem = keep_mem
+        if not keep_mem:
+            ctx.mark_non_differentiable(mem)
         if cfg.readout:
             spk, bits, vals = mem.new_empty(0), _empty_bits(x.device), mem.new_empty(0)
         else:
@@ -619,6 +628,8 @@ class _SpikingLinear(torch.autograd.Function):
         T, B, n_in, n_out = ctx.dims
         if cfg.readout:
             grad_spk = None
+        if not ctx.keep_mem:  # the empty stand-in (a traced backward still passes one)
+            grad_mem = None
         if grad_spk is None and grad_mem is None:
             return (None,) * 9
         like = grad_spk if grad_spk is not None else grad_mem
@@ -691,7 +702,8 @@ class _SpikingLinear(torch.autograd.Function):
 
 def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     """Fused ``SpikingLinear`` forward: returns ``(out, mem)`` with ``out`` the spikes
-    ``[T, B, n_out]`` (or the membrane for a readout) and ``mem`` the membrane.
+    ``[T, B, n_out]`` (or the membrane for a readout) and ``mem`` the membrane (None unless
+    ``cfg.membrane`` or a readout).
 
     ``beta`` clamped by the caller; ``theta`` ignored for a readout. The input gradient is
     masked by the upstream band when ``x`` carries a valid band tag and ``cfg.sparse``.
@@ -701,16 +713,17 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
         cast = lambda t: None if t is None else t.to(work)  # noqa: E731
         out, mem = spiking_linear(_cast_spikes(x, work), weight.to(work), cast(bias), beta,
                                   theta, cast(mem0), cfg)
-        mem = mem.to(x.dtype)
+        mem = None if mem is None else mem.to(x.dtype)
         return (mem, mem) if cfg.readout else (_cast_spikes(out, x.dtype), mem)
     up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     spk, mem, bits, vals = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits,
                                                 cfg, torch.is_grad_enabled())
-    mem = mem.view(*x.shape[:2], -1)
+    shape = (*x.shape[:2], weight.shape[0])
+    mem = mem.view(shape) if cfg.membrane or cfg.readout else None
     if cfg.report is not None and not cfg.readout:
         cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
     if cfg.readout:
         return mem, mem
-    return _mark_band(spk.view(mem.shape), bits, vals, cfg.neuron), mem
+    return _mark_band(spk.view(shape), bits, vals, cfg.neuron), mem

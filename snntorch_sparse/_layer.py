@@ -125,11 +125,13 @@ class SpikingLayer(nn.Module):
         """β or θ shaped to broadcast over one step's trailing dims (default: as is)."""
         return t
 
-    def _run(self, x, mem):
+    def _run(self, x, mem, membrane=True):
         """``(output, membrane)`` over the sequence; the output is the spikes (membrane
-        for a readout)."""
+        for a readout). ``membrane=False``: the caller does not want the membrane, which
+        a layer may then return as None instead of forming it."""
         self._check(x, mem)
         cfg = self._config()
+        cfg.membrane = membrane
         beta = self._neuron_param(self.beta.clamp(0, 1))
         theta = self._neuron_param(self.threshold)
         if self.backward == "rate":
@@ -145,7 +147,7 @@ class SpikingLayer(nn.Module):
 
         ``mem`` is the initial membrane, one step's shape (default zeros).
         """
-        return self._run(x, mem)[0]
+        return self._run(x, mem, membrane=False)[0]
 
     # ----------------------------------------------------------- shared input checks
     def _check_sequence(self, x, valid_shape, expect):

@@ -106,8 +106,9 @@ class SpikingLinear(SpikingLayer):
             gradient, so besides the input and the outputs only one chunk's temporaries
             are alive — peak memory bounded in T, results equal to the unchunked layer
             (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
-            (default): chunks of about 8 MiB of the widest per-chunk tensor; None: the
-            whole sequence at once. The trace form of ∂W runs only unchunked.
+            (default): the whole sequence when its widest ``[T·B, features]`` tensor
+            holds at most 64 MiB, else chunks of that size; None: always whole. The trace
+            form of ∂W runs only unchunked.
         device, dtype: as ``nn.Linear``.
 
     Example::
