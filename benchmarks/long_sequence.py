@@ -1,0 +1,138 @@
+"""Training on very long sequences in bounded memory: the SHD network at T = 20 000.
+
+    python benchmarks/long_sequence.py [--T 20000] [--batch 8] [--out benchmarks/results]
+
+The paper's SHD network (700-200-200-20, β from its time constants, readout = leaky
+integrator, loss on the summed readout membrane; weights from ``python -m snntorch_sparse
+bench --config shd``, calibrated at T = 500 to a band activity ρ = 2 %) on a Bernoulli
+input ``[T, B, 700]`` at SHD's spike rate. Each implementation runs in a fresh process:
+it builds the network and the input, resets the process's peak RSS (``/proc/self/
+clear_refs``), runs one training step (forward + backward) and reports the step's time and
+the growth of the peak RSS over it — the memory the step needs beyond the input and the
+weights, which every implementation holds alike.
+
+Implementations: snnTorch's per-step loop (``Linear`` + ``snntorch.Leaky`` per step, dense
+BPTT through autograd), our fused sparse layers unchunked (``time_chunk=None``) and
+chunked (``time_chunk="auto"``: nothing of size ``T·B·N`` alive besides each layer's input
+and output spikes, DESIGN.md §2). Results: ``long_sequence_cpu.{json,md}`` under ``--out``.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+METHODS = ("snntorch", "fused_sparse_whole", "fused_sparse_chunked")
+
+
+def _network(method, T, batch, chunk="auto"):
+    """(model, loss function, input, ρ) of one implementation, on the CPU; ``chunk`` is
+    the chunked implementation's ``time_chunk``."""
+    from snntorch_sparse import SpikingLinear, bench
+
+    cfg = bench.CONFIGS["shd"]
+    args = bench.parse_args(["--device", "cpu", "--config", "shd"])
+    # Weights calibrated on the short sequence (the input is stationary, so ρ carries over).
+    _, labels, weights, biases, info, _ = bench.build_problem(
+        dataclasses.replace(cfg, T=min(T, cfg.T)), batch, torch.device("cpu"), args.rho,
+        args.b_th, args.seed)
+    long_cfg = dataclasses.replace(cfg, T=T)
+    model = bench.make_model("snntorch" if method == "snntorch" else "fused_sparse", long_cfg,
+                             weights, biases, args.b_th, args.surrogate)
+    for layer in model.modules():
+        if isinstance(layer, SpikingLinear):
+            layer.time_chunk = chunk if method == "fused_sparse_chunked" else None
+    gen = torch.Generator().manual_seed(args.seed)
+    x = (torch.rand(T, batch, cfg.sizes[0], generator=gen) < cfg.input_rate).float()
+    return model, (lambda out: bench.loss_fn(long_cfg, out, labels)), x, info["rho"]
+
+
+def _status(key):
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(key + ":"))) * 1024
+
+
+def child(method, T, batch, chunk="auto"):
+    """One training step of ``method`` in this (fresh) process: a dict of its costs."""
+    model, loss_fn, x, rho = _network(method, T, batch, chunk)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # restart VmHWM at the current RSS: input and weights exist already
+    base = _status("VmHWM")
+    t0 = time.perf_counter()
+    out = model(x)
+    loss = loss_fn(out)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    chunks = [m._report.get("chunks") for m in model.modules() if hasattr(m, "_report")]
+    return {"method": method, "T": T, "B": batch, "fwd_s": t1 - t0, "bwd_s": t2 - t1,
+            "step_s": t2 - t0, "peak_growth_bytes": _status("VmHWM") - base,
+            "input_bytes": x.numel() * x.element_size(), "loss": loss.item(),
+            "rho_calibrated": rho, "chunks": chunks}
+
+
+def run(method, T, batch, chunk="auto"):
+    code = ("import json, sys; sys.path.insert(0, %r); import long_sequence as m; "
+            "print(json.dumps(m.child(%r, %d, %d, %r)))" % (os.path.dirname(__file__), method, T,
+                                                            batch, chunk))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        return {"method": method, "T": T, "B": batch,
+                "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows, meta):
+    ref = next((r for r in rows if r["method"] == "snntorch" and "error" not in r), None)
+    lines = [f"T = {meta['T']}, B = {meta['B']}, SHD 700-200-200-20, input "
+             f"{rows[0].get('input_bytes', 0) / 2**20:.0f} MiB (held by every implementation, "
+             f"not counted); {meta['machine']}, {meta['date']}, load {meta['load']}.", "",
+             "| implementation | step (s) | fwd (s) | bwd (s) | peak RSS growth of the step (MiB) "
+             "| vs snnTorch | loss | time chunks per layer |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | error: {r['error']} | | | | | | |")
+            continue
+        ratio = (f"{r['peak_growth_bytes'] / ref['peak_growth_bytes']:.2f}×" if ref else "—")
+        lines.append(f"| {r['method']} | {r['step_s']:.2f} | {r['fwd_s']:.2f} | {r['bwd_s']:.2f} "
+                     f"| {r['peak_growth_bytes'] / 2**20:.0f} | {ratio} | {r['loss']:.4f} "
+                     f"| {', '.join(str(c) for c in r['chunks']) or '—'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--T", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--chunk", type=int, default=None,
+                   help="time_chunk of fused_sparse_chunked (default: \"auto\")")
+    p.add_argument("--out", default=None, help="folder for long_sequence_cpu.{json,md}")
+    a = p.parse_args(argv)
+    rows = [run(m, a.T, a.batch, a.chunk or "auto") for m in a.methods]
+    meta = {"T": a.T, "B": a.batch, "machine": f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+            "date": datetime.date.today().isoformat(),
+            "load": " ".join(open("/proc/loadavg").read().split()[:3]),
+            "command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])}
+    text = markdown(rows, meta)
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "long_sequence_cpu.json"), "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        with open(os.path.join(a.out, "long_sequence_cpu.md"), "w") as f:
+            f.write(f"`{meta['command']}`\n\n{text}\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
