@@ -916,8 +916,9 @@ def _clean(v):
 def parse_args(argv):
     p = Parser(
         prog=PROG,
-        description="Speed and memory of snnTorch per-step dense BPTT vs the fused dense and "
-                    "fused sparse SpikingLinear backward, measured in the same run.")
+        description="Speed and memory of snnTorch per-step dense BPTT (and SpikingJelly "
+                    "multi-step, when installed) vs the fused dense and fused sparse "
+                    "SpikingLinear backward, measured in the same run.")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--config", action="append", default=None, metavar="NAME",
