@@ -1,14 +1,36 @@
-"""Benchmark: snnTorch per-step dense vs our fused dense vs our fused sparse backward.
+"""Benchmark: snnTorch per-step dense and SpikingJelly multi-step dense vs our fused dense
+and fused sparse backward.
 
 ``python -m snntorch_sparse bench [--device cpu|cuda] [--config NAME ...]``
 
-Three implementations of the same network run **in the same process, on the same
+Four implementations of the same network run **in the same process, on the same
 weights and inputs**, one after the other:
 
 * ``snntorch``: the loop users write today — for every step ``t`` and layer, ``cur =
   fc(h[t])`` then ``spk, mem = snntorch.Leaky(beta, spike_grad=atan())(cur, mem)``;
   outputs stacked over ``t``. Dense BPTT through autograd. (``--surrogate fast_sigmoid``
-  uses the paper's slope-100 fast sigmoid instead, in all three implementations.)
+  uses the paper's slope-100 fast sigmoid instead, in all implementations.)
+* ``spikingjelly`` (when SpikingJelly 2.0 is installed: ``pip install
+  spikingjelly==2.0.0``; else the report says so once): its multi-step mode, each layer
+  ``layer.Linear`` on all ``T·B`` samples at once, then ``neuron.LIFNode(tau=1/(1−β),
+  decay_input=False, v_threshold=1, v_reset=None, surrogate_function=ATan(alpha=2),
+  detach_reset=True, step_mode="m")`` on ``[T, B, N]``. SpikingJelly 2.0 has no
+  ``backend`` argument any more: on CPU its LIF op runs the torch reference (a loop over
+  ``t`` recorded by autograd), the former ``backend="torch"``; on CUDA it picks its own
+  kernels. Its neuron::
+
+      H_t = β V_{t−1} + X_t,   S_t = Θ(H_t − θ),   V_t = H_t − θ S_t
+
+  resets in the step it fires, so the reset decays with the membrane; snnTorch's
+  ``Leaky`` subtracts the previous step's spike after the decay, ``U_t = β U_{t−1} + X_t
+  − θ S_{t−1}``, ``S_t = Θ(U_t − θ)``. Same cost per step, slightly different spike
+  trains (the cross-check shows it). The readout (infinite threshold) is a ``LIFNode``
+  with ``v_threshold=inf`` and hard reset (``v_reset=0``, never triggered) and
+  ``store_v_seq=True``: ``V_t = β V_{t−1} + X_t`` exactly, its ``v_seq`` the readout
+  membrane — SpikingJelly's own node, at the cost of a ``[B, n_out]`` loop (a soft reset
+  would compute ``0·inf``). ATan(α) is snnTorch's atan(α), ``α/2 / (1 + (π/2 α x)²)``;
+  with ``--surrogate fast_sigmoid`` it gets snnTorch's fast sigmoid as a callable
+  (SpikingJelly's same-shaped SoftSign(α) is α/2 times higher), which its LIF accepts.
 * ``fused_dense``: :class:`snntorch_sparse.SpikingLinear` with ``backward="dense"``:
   one GEMM for all ``T``, the fused LIF kernels, the full surrogate (equal gradients).
 * ``fused_sparse``: the same layers with ``backward="sparse"`` (band ``|U − θ| < B_th``).
@@ -33,9 +55,11 @@ Measured per configuration and implementation (medians over ``--repeats`` after
 ``--warmup`` iterations and one probe pass; wall clock on CPU, CUDA events on GPU):
 
 * whole step: forward (input → loss) and backward (``loss.backward()``) times; bytes
-  kept for backward (:func:`metrics.saved_bytes`); on CUDA the peak allocator bytes of
-  forward + backward above what was allocated before the step (weights and inputs
-  excluded). CPU peak memory is not measured (no allocator statistic on CPU).
+  kept for backward (:func:`metrics.saved_bytes`); peak memory of forward + backward
+  above what the process held before the step (weights and inputs excluded): on CUDA the
+  peak allocator bytes, on CPU the growth of the peak RSS of a fresh process over one
+  step (:func:`metrics.step_peak_rss`; one child process per implementation, the
+  problem handed over in a file; ``--no-peak`` skips it).
 * hidden layer in isolation (the issue's targets; the paper's Fig. 4 measures the same
   layer): the second hidden layer, fed the first hidden layer's spikes of the same
   implementation (so the sparse layer can use the upstream band, eq. 12). Its backward
@@ -45,7 +69,8 @@ Measured per configuration and implementation (medians over ``--repeats`` after
   (∂W2 and ∂spk1). For snnTorch, ``spk1`` is the list of per-step spike tensors and the
   layer is the per-step loop over ``t``.
 
-Speedups are ratios of medians measured in the same run; memory saved is paper eq. 14.
+Speedups are ratios of medians measured in the same run; memory saved is paper eq. 14
+(on the bytes kept, and on the peak).
 Outputs (``--out``): ``bench_<device>.json`` (every number, the machine and the command),
 ``bench_<device>.md`` (the tables, also printed) and ``bench_<device>.png``.
 """
@@ -58,6 +83,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -73,7 +99,9 @@ from ._ops import BACKENDS, ops
 from .data import DATASETS
 
 PROG = "python -m snntorch_sparse bench"
-METHODS = ("snntorch", "fused_dense", "fused_sparse")
+METHODS = ("snntorch", "spikingjelly", "fused_dense", "fused_sparse")
+#: What to install for the optional ``spikingjelly`` implementation.
+SPIKINGJELLY_PIP = "pip install spikingjelly==2.0.0"
 THRESHOLD = 1.0
 
 #: Input spikes per input and step: our estimates of each dataset's mean rate (binned as
@@ -101,6 +129,7 @@ _VS_DENSE = ("whole step × vs our fused dense", "step_speedup_vs_fused_dense")
 TARGETS = (
     ("cpu", "shd", 30.0, *_HIDDEN_BWD), ("cpu", "shd", 90.0, *_KEPT),
     ("cpu", "shd", 90.0, *_KEPT_HIDDEN), ("cpu", "shd", 5.0, *_STEP),
+    ("cpu", "shd", 80.0, *_PEAK),
     ("cuda", "shd", 200.0, *_HIDDEN_BWD), ("cuda", "shd", 20.0, *_STEP),
     ("cuda", "shd", 90.0, *_KEPT), ("cuda", "shd", 90.0, *_PEAK),
     ("cuda", "onb-16384", 1.0, *_VS_DENSE),
@@ -390,18 +419,90 @@ class FusedNet(nn.Module):
         return [inputs]
 
 
+class MultiStepNet(nn.Module):
+    """The same network in SpikingJelly 2.0's multi-step mode: ``layer.Linear`` then
+    ``neuron.LIFNode`` per layer on ``[T, B, N]`` (module docstring: neuron, readout)."""
+
+    def __init__(self, cfg, weights, biases, spike_grad):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.readout = cfg.beta_readout is not None
+        self.fcs, self.lifs = nn.ModuleList(), nn.ModuleList()
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            fc = layer.Linear(w.shape[1], w.shape[0], bias=b is not None, step_mode="m")
+            with torch.no_grad():
+                fc.weight.copy_(w)
+                if b is not None:
+                    fc.bias.copy_(b)
+            # decay_input=False: H = V − V/τ + X = βV + X with τ = 1/(1 − β)
+            if self.readout and i == len(weights) - 1:
+                lif = neuron.LIFNode(tau=1.0 / (1.0 - cfg.beta_readout), decay_input=False,
+                                     v_threshold=math.inf, v_reset=0.0,
+                                     surrogate_function=spike_grad, detach_reset=True,
+                                     step_mode="m", store_v_seq=True)
+            else:
+                lif = neuron.LIFNode(tau=1.0 / (1.0 - cfg.beta), decay_input=False,
+                                     v_threshold=THRESHOLD, v_reset=None,
+                                     surrogate_function=spike_grad, detach_reset=True,
+                                     step_mode="m")
+            self.fcs.append(fc.to(w.device))
+            self.lifs.append(lif)
+
+    def _run(self, layers, h):
+        for i in layers:
+            self.lifs[i].reset()  # SpikingJelly's neurons keep V between calls
+            h = self.lifs[i](self.fcs[i](h))
+        if self.readout and layers[-1] == len(self.fcs) - 1:
+            return self.lifs[-1].v_seq
+        return h
+
+    def forward(self, x):
+        return self._run(range(len(self.fcs)), x)
+
+    def weights(self):
+        return [fc.weight for fc in self.fcs]
+
+    def hidden_input(self, x, index):
+        return self._run(range(index), x)
+
+    def hidden_forward(self, spk, index):
+        return self._run([index], spk)
+
+    @staticmethod
+    def grad_inputs(inputs):
+        return [inputs]
+
+
+def spikingjelly_missing():
+    """None when SpikingJelly can be imported, else why not (one line)."""
+    try:
+        import spikingjelly.activation_based.neuron  # noqa: F401
+    except Exception as err:  # not installed, or broken against this torch
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
 #: ``--surrogate`` choices: snnTorch's default, and the paper's (supplementary E.5).
 SURROGATES = {"atan": ("atan", {"alpha": 2.0}), "fast_sigmoid": ("fast_sigmoid", {"slope": 100.0})}
 
 
 def make_model(method, cfg, weights, biases, b_th, surrogate_name):
-    """One implementation of the network; the surrogate shape is the same in all three
-    (snnTorch's own function for ``snntorch``; ours, banded by ``b_th``, for the fused)."""
+    """One implementation of the network; the surrogate is the same function in all four
+    (snnTorch's for ``snntorch``; SpikingJelly's ATan, equal to it, for ``spikingjelly``;
+    ours, banded by ``b_th``, for the fused)."""
     shape, params = SURROGATES[surrogate_name]
-    if method == "snntorch":
+    if method in ("snntorch", "spikingjelly"):
         from snntorch import surrogate as snn_surrogate
 
-        return PerStepNet(cfg, weights, biases, getattr(snn_surrogate, shape)(**params))
+        spike_grad = getattr(snn_surrogate, shape)(**params)
+        if method == "snntorch":
+            return PerStepNet(cfg, weights, biases, spike_grad)
+        if shape == "atan":  # its own op; other shapes: snnTorch's function (module docstring)
+            from spikingjelly.activation_based import surrogate as sj_surrogate
+
+            spike_grad = sj_surrogate.ATan(**params)
+        return MultiStepNet(cfg, weights, biases, spike_grad)
     from . import surrogate
 
     spike_grad = getattr(surrogate, shape)(**params, b_th=b_th)
@@ -491,10 +592,11 @@ def _cosine(ref, other):
 
 
 def derive(rows):
-    """Speedups and memory saved (eq. 14) of each row against snnTorch and fused dense."""
+    """Speedups and memory saved (eq. 14) of each row against snnTorch, SpikingJelly and
+    fused dense (None where the baseline did not run)."""
     by = {r["method"]: r for r in rows}
     for r in rows:
-        for base in ("snntorch", "fused_dense"):
+        for base in ("snntorch", "spikingjelly", "fused_dense"):
             b = by.get(base, {})
             tag = f"vs_{base}"
             r[f"bwd_speedup_{tag}"] = _ratio(b.get("bwd_ms"), r.get("bwd_ms"))
@@ -510,8 +612,9 @@ def derive(rows):
                 r[f"{out}_{tag}_pct"] = metrics.memory_saved(b[key], r[key]) if ok else None
 
 
-def bench_config(cfg, args, device, progress):
-    """All three implementations on one configuration; returns the rows (one per method)."""
+def bench_config(cfg, args, device, progress, methods=METHODS):
+    """The implementations ``methods`` on one configuration; returns the rows (one per
+    method)."""
     batch = cfg.batch or args.batch or BATCH[device.type]
     base = {"config": cfg.name, "device": device.type, "B": batch, "T": cfg.T,
             "sizes": list(cfg.sizes)}
@@ -520,13 +623,13 @@ def bench_config(cfg, args, device, progress):
             cfg, batch, device, args.rho, args.b_th, args.seed)
     except Exception as err:  # e.g. OOM on a small GPU: report and go on
         progress.write(f"{cfg.name}: setup failed: {type(err).__name__}: {err}")
-        progress.update(len(METHODS))
-        return [dict(base, method=m, error=f"setup: {type(err).__name__}: {err}") for m in METHODS]
+        progress.update(len(methods))
+        return [dict(base, method=m, error=f"setup: {type(err).__name__}: {err}") for m in methods]
     base.update(rho=info["rho"], spike_rate=info["spike_rate"], weight_scale=info["weight_scale"],
                 input_rate=cfg.input_rate, input_rate_measured=info["input_rate_measured"],
                 rho_hidden=info["rho"][cfg.hidden_index] if cfg.hidden_index is not None else None)
     rows, ref = [], None
-    for method in METHODS:
+    for method in methods:
         progress.set_postfix_str(f"{cfg.name} / {method}")
         row = dict(base, method=method)
         try:
@@ -552,8 +655,41 @@ def bench_config(cfg, args, device, progress):
                 torch.cuda.empty_cache()
         rows.append(row)
         progress.update(1)
+    if args.peak and device.type == "cpu" and metrics.peak_rss_supported():
+        measure_peak_rss(cfg, rows, (x, labels, weights, biases), args, progress)
     derive(rows)
     return rows
+
+
+def measure_peak_rss(cfg, rows, problem, args, progress):
+    """CPU: each row's ``peak_bytes``, the peak RSS growth of one whole step in a fresh
+    process (:func:`metrics.step_peak_rss`), on the same weights and inputs (handed over in
+    a file, so the child skips the calibration and its temporaries)."""
+    x, labels, weights, biases = problem
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "problem.pt")
+        torch.save({"config": cfg.name, "x": x, "labels": labels, "weights": weights,
+                    "biases": biases}, path)
+        for row in rows:
+            if row.get("error"):
+                continue
+            progress.set_postfix_str(f"{cfg.name} / {row['method']} peak RSS")
+            try:
+                row["peak_bytes"] = metrics.step_peak_rss(
+                    "snntorch_sparse.bench:_peak_setup", path, row["method"], args.b_th,
+                    args.surrogate)
+            except RuntimeError as err:
+                row["peak_error"] = str(err).splitlines()[-1][:200]
+                progress.write(f"{cfg.name} / {row['method']}: peak RSS: {row['peak_error']}")
+
+
+def _peak_setup(path, method, b_th, surrogate_name):
+    """One whole step (forward, loss, backward) of ``method`` on the problem saved at
+    ``path``, for :func:`metrics.step_peak_rss`."""
+    p = torch.load(path)
+    cfg = CONFIGS[p["config"]]
+    model = make_model(method, cfg, p["weights"], p["biases"], b_th, surrogate_name)
+    return lambda: loss_fn(cfg, model(p["x"]), p["labels"]).backward()
 
 
 # ------------------------------------------------------------------------ reporting
@@ -604,6 +740,15 @@ def _rho(r):
     return "/".join(f"{100 * p:.2g}" for p in r.get("rho") or []) or "—"
 
 
+#: How the whole-step peak was measured, by device ("off": ``--no-peak``).
+_PEAK_NOTE = {
+    "cuda": "peak = CUDA allocator peak of one step above the resident weights and inputs",
+    "cpu": "peak = growth of the peak RSS (VmHWM) of a fresh process over one step, after "
+           "loading the model and inputs",
+    "off": "CPU peak memory not measured (--no-peak)",
+}
+
+
 def markdown(report):
     rows = report["rows"]
     dev = report["settings"]["device"]
@@ -618,12 +763,12 @@ def markdown(report):
              "",
              f"Medians of {s['repeats']} repeats after {s['warmup']} warm-up iterations "
              f"(+1 probe pass); B_th = {s['b_th']}, target ρ = {100 * s['rho']:g} %, "
-             f"surrogate {s['surrogate']} in all three implementations. "
+             f"surrogate {s['surrogate']} in all implementations. "
              "ρ = band activity per spiking layer (paper eq. 13). × = speedup "
              "(ratio of medians, same run). Memory saved = paper eq. 14 on the bytes kept for "
-             "backward" + (", peak = CUDA peak above the resident weights and inputs"
-                           if dev == "cuda" else "; CPU peak allocator memory is not measured")
-             + ".", "",
+             "backward and on the peak; "
+             + _PEAK_NOTE["off" if dev == "cpu" and not s.get("peak") else dev] + ".",
+             "",
              "**Configurations** (ρ and spike rate per spiking layer, measured on the "
              "benchmark batch)", "",
              "| config | layers | T | B | input | β hidden / readout | ρ % | spike rate % |",
@@ -637,24 +782,33 @@ def markdown(report):
         rates = "/".join(f"{100 * p:.2g}" for p in r.get("spike_rate") or []) or "—"
         lines.append(f"| {c['name']} | {'-'.join(map(str, c['sizes']))} | {c['T']} | "
                      f"{r.get('B', '—')} | {inp} | {beta} | {_rho(r)} | {rates} |")
+    columns = ("config", "B", "ρ %", "method", "fwd ms", "bwd ms", "kept MB", "peak MB",
+               "bwd × snnTorch", "step × snnTorch", "step × SpikingJelly", "bwd × fused dense",
+               "step × fused dense", "kept saved % vs snnTorch", "peak saved % vs snnTorch")
     lines += ["", "**Whole step** (all layers, input → loss → ∂weights)", "",
-             "| config | B | ρ % | method | fwd ms | bwd ms | kept MB | peak MB "
-             "| bwd × snnTorch | step × snnTorch | bwd × fused dense | step × fused dense "
-             "| mem saved % vs snnTorch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['config']} | {r['B']} | {_rho(r)} | {r['method']} | "
-                         f"error: {r['error'][:80]} |||||||||")
-            continue
-        lines.append("| " + " | ".join([
-            r["config"], str(r["B"]), _rho(r), r["method"], _fmt(r["fwd_ms"]), _fmt(r["bwd_ms"]),
-            _fmt(r["kept_bytes"], "MB"), _fmt(r.get("peak_bytes"), "MB"),
-            _fmt(r.get("bwd_speedup_vs_snntorch"), "x"),
-            _fmt(r.get("step_speedup_vs_snntorch"), "x"),
-            _fmt(r.get("bwd_speedup_vs_fused_dense"), "x"),
-            _fmt(r.get("step_speedup_vs_fused_dense"), "x"),
-            _fmt(r.get("mem_saved_vs_snntorch_pct"), "pct")]) + " |")
+            cells = [r["config"], str(r["B"]), _rho(r), r["method"], f"error: {r['error'][:80]}"]
+        else:
+            cells = [
+                r["config"], str(r["B"]), _rho(r), r["method"], _fmt(r["fwd_ms"]),
+                _fmt(r["bwd_ms"]), _fmt(r["kept_bytes"], "MB"), _fmt(r.get("peak_bytes"), "MB"),
+                _fmt(r.get("bwd_speedup_vs_snntorch"), "x"),
+                _fmt(r.get("step_speedup_vs_snntorch"), "x"),
+                _fmt(r.get("step_speedup_vs_spikingjelly"), "x"),
+                _fmt(r.get("bwd_speedup_vs_fused_dense"), "x"),
+                _fmt(r.get("step_speedup_vs_fused_dense"), "x"),
+                _fmt(r.get("mem_saved_vs_snntorch_pct"), "pct"),
+                _fmt(r.get("peak_saved_vs_snntorch_pct"), "pct")]
+        lines.append("| " + " | ".join(cells + [""] * (len(columns) - len(cells))) + " |")
+    for r in rows:
+        if r.get("peak_error"):
+            lines += ["", f"{r['config']} / {r['method']}: peak RSS not measured: "
+                          f"{r['peak_error']}"]
+    for method, why in report.get("missing", {}).items():
+        lines += ["", f"**{method}: not measured** ({why}); `{SPIKINGJELLY_PIP}` (or "
+                      "`pip install 'snntorch-sparse[bench]'`) adds it."]
     hidden = [r for r in rows if r.get("hidden_bwd_ms") is not None]
     if hidden:
         lines += ["", "**Second hidden layer in isolation** (fixed upstream gradient; "
@@ -675,7 +829,9 @@ def markdown(report):
     checks = [r for r in rows if r.get("grad_rel_err_vs_snntorch") is not None]
     if checks:
         lines += ["", "**Cross-check against snnTorch** (probe pass): max |Δ output|, relative "
-                  "error and cosine of the weight gradients (worst layer)", "",
+                  "error and cosine of the weight gradients (worst layer); spikingjelly "
+                  "resets in the step it fires, so its spike trains differ slightly by "
+                  "design (module docstring)", "",
                   "| config | method | max abs Δ out | grad rel. err | grad cosine |",
                   "|---|---|---|---|---|"]
         for r in checks:
@@ -720,6 +876,7 @@ def plot(report, path):
     series = (("hidden_bwd_speedup_vs_snntorch", "hidden-layer bwd vs snnTorch"),
               ("bwd_speedup_vs_snntorch", "whole bwd vs snnTorch"),
               ("step_speedup_vs_snntorch", "whole fwd+bwd vs snnTorch"),
+              ("step_speedup_vs_spikingjelly", "whole fwd+bwd vs SpikingJelly"),
               ("bwd_speedup_vs_fused_dense", "whole bwd vs fused dense"),
               ("step_speedup_vs_fused_dense", "whole fwd+bwd vs fused dense"))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.5))
@@ -759,8 +916,9 @@ def _clean(v):
 def parse_args(argv):
     p = Parser(
         prog=PROG,
-        description="Speed and memory of snnTorch per-step dense BPTT vs the fused dense and "
-                    "fused sparse SpikingLinear backward, measured in the same run.")
+        description="Speed and memory of snnTorch per-step dense BPTT (and SpikingJelly "
+                    "multi-step, when installed) vs the fused dense and fused sparse "
+                    "SpikingLinear backward, measured in the same run.")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--config", action="append", default=None, metavar="NAME",
@@ -791,6 +949,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-peak", dest="peak", action="store_false",
+                   help="CPU: skip the peak memory of a step (a fresh process per "
+                        "implementation and configuration: ~3 s each, ~11 s for shd at "
+                        "B = 32 on 2 cores)")
     return p.parse_args(argv)
 
 
@@ -836,13 +998,20 @@ def main(argv=None):
     from tqdm import tqdm
 
     start, load_start = time.perf_counter(), _load_average()
+    missing = {}
+    if configs and (why := spikingjelly_missing()):
+        missing["spikingjelly"] = why
+        print(f"spikingjelly: not measured ({why}); {SPIKINGJELLY_PIP} adds it",
+              file=sys.stderr)
+    methods = [m for m in METHODS if m not in missing]
     rows = []
-    with tqdm(total=len(configs) * len(METHODS), desc="bench", unit="run",
+    with tqdm(total=len(configs) * len(methods), desc="bench", unit="run",
               file=sys.stderr) as progress:
         for cfg in configs:
-            rows += bench_config(cfg, args, device, progress)
+            rows += bench_config(cfg, args, device, progress, methods)
     csnn_results = [bench_csnn.bench(n, device, args.repeats, args.warmup, args.b_th,
-                                     quick=args.quick) for n in dict.fromkeys(csnn)]
+                                     quick=args.quick, peak=args.peak)
+                    for n in dict.fromkeys(csnn)]
     conv_layers = (bench_csnn.conv_layer_bench(device, repeats=args.repeats,
                                                **({"T": 4, "B": 4} if args.quick else {}))
                    if csnn else [])
@@ -853,6 +1022,7 @@ def main(argv=None):
         "machine": machine_info(device),
         "settings": {"device": device.type, "repeats": args.repeats, "warmup": args.warmup,
                      "rho": args.rho, "b_th": args.b_th, "seed": args.seed,
+                     "methods": methods, "peak": args.peak,
                      "batch_default": args.batch or BATCH[device.type],
                      "input_rates": INPUT_RATES, "threshold": THRESHOLD,
                      "surrogate": "{}({})".format(
@@ -860,6 +1030,7 @@ def main(argv=None):
                          ", ".join(f"{k}={v}" for k, v in SURROGATES[args.surrogate][1].items()))},
         "configs": [asdict(c) for c in configs],
         "rows": rows,
+        "missing": missing,
         "targets": evaluate_targets(rows, device.type),
         "csnn": csnn_results,
         "conv_layers": conv_layers,

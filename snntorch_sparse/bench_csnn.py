@@ -26,11 +26,7 @@ every convolution/linear layer; sparse: ∂W over the input's nonzeros and ∂X 
 upstream band only) divided by this machine's measured GEMM rate.
 """
 
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import snntorch
@@ -217,33 +213,12 @@ def _kept_bytes(fn, x, y, loss_fn):
     return kept["bytes"]
 
 
-def peak_rss_growth(name, method, steps, batch, b_th):
-    """Peak memory of one training step of ``method`` in a fresh process (CPU, Linux): the
-    growth of the process's peak RSS over the step, after building the model and its
-    input."""
-    code = ("import json,sys; from snntorch_sparse import bench_csnn as b; "
-            f"print(json.dumps(b._peak_child({name!r}, {method!r}, {steps}, {batch}, {b_th})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
-    if out.returncode:
-        raise RuntimeError(f"peak-memory child failed: {out.stderr.strip()[-400:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _peak_rss():
-    """This process's peak RSS in bytes (``VmHWM``: unlike ``ru_maxrss``, which a child
-    inherits from its parent across fork/exec, it starts afresh in a new process)."""
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kb * 1024
-
-
-def _peak_child(name, method, steps, batch, b_th):
+def _peak_setup(name, method, steps, batch, b_th):
+    """One training step of ``method``, built for :func:`metrics.step_peak_rss` (which
+    runs it in a fresh process)."""
     net, x, y, loss_fn = problem(name, steps, batch)
     fns, _ = implementations(net, b_th)
-    before = _peak_rss()
-    loss_fn(fns[method](x), y).backward()
-    return _peak_rss() - before
+    return lambda: loss_fn(fns[method](x), y).backward()
 
 
 def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
@@ -272,8 +247,9 @@ def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
         row = {"method": m, "fwd_ms": fwd, "bwd_ms": bwd, "step_ms": fwd + bwd,
                "kept_bytes": _kept_bytes(fns[m], x, y, loss_fn), "loss": loss,
                "floor_ms": floor_macs / rate * 1e3, "floor_gmacs": floor_macs / 1e9}
-        if peak and device.type == "cpu" and os.path.exists("/proc/self/status"):
-            row["peak_bytes"] = peak_rss_growth(name, m, steps, batch, b_th)
+        if peak and device.type == "cpu" and metrics.peak_rss_supported():
+            row["peak_bytes"] = metrics.step_peak_rss("snntorch_sparse.bench_csnn:_peak_setup",
+                                                      name, m, steps, batch, b_th)
         rows.append(row)
     base = rows[0]
     for r in rows:

@@ -1,9 +1,15 @@
 """Measurements shared by the benchmark and the demo: activity (paper eq. 13), memory
-saved (eq. 14), bytes kept for backward, timers and peak memory."""
+saved (eq. 14), bytes kept for backward, timers and peak memory (CUDA allocator; CPU
+peak RSS of one step in a fresh process)."""
 
 import contextlib
+import importlib
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -130,8 +136,8 @@ def peak_memory(device):
     Yields a dict filled on exit: ``"peak"`` (peak bytes allocated during the block, all
     live tensors included) and ``"extra"`` (peak minus the bytes allocated on entry: what
     the block itself needed). On CPU both stay ``None``: PyTorch's CPU allocator keeps no
-    peak statistic and process RSS is distorted by the C allocator's caching, so CPU
-    memory is reported as bytes kept for backward (:func:`saved_bytes`) instead.
+    peak statistic, and the process RSS only shows a block's peak in a fresh process
+    (:func:`step_peak_rss`).
     Example::
 
         with peak_memory("cpu") as mem:
@@ -148,6 +154,51 @@ def peak_memory(device):
     yield result
     peak = torch.cuda.max_memory_allocated(device)
     result["peak"], result["extra"] = peak, peak - start
+
+
+def peak_rss():
+    """This process's peak resident set size in bytes (Linux ``VmHWM``: unlike
+    ``ru_maxrss``, which a child inherits from its parent across fork/exec, it starts
+    afresh in a new process)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb * 1024
+
+
+def peak_rss_supported():
+    """Whether :func:`step_peak_rss` can run here (Linux ``/proc``)."""
+    return os.path.exists("/proc/self/status")
+
+
+def step_peak_rss(setup, *args):
+    """Peak CPU memory of one step, in a fresh Python process (Linux): the growth of the
+    child's peak RSS (:func:`peak_rss`) over ``step()``, where ``step = setup(*args)``.
+
+    ``setup`` (``"module:function"``, importable in the child) builds everything the step
+    needs (model, inputs) and returns the step as a callable, so that only the step's own
+    allocations count. A fresh process because the peak RSS only ever grows: in the
+    parent, earlier work would hide the step's peak. ``args`` must be literals
+    (``repr`` round-trips them). The child imports this copy of ``snntorch_sparse`` and
+    uses as many threads as this process. Returns bytes (an int).
+    """
+    code = ("import json; from snntorch_sparse import metrics; "
+            f"print(json.dumps(metrics._step_peak_child({setup!r}, {args!r})))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=False)
+    if out.returncode:
+        raise RuntimeError(f"peak-memory child failed: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _step_peak_child(setup, args):
+    module, name = setup.split(":")
+    step = getattr(importlib.import_module(module), name)(*args)
+    before = peak_rss()
+    step()
+    return peak_rss() - before
 
 
 def band_report(model, reset=True):

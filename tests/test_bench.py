@@ -41,8 +41,10 @@ def test_quick_run_json_has_every_column(quick_run):
     assert report["command"].startswith("python -m snntorch_sparse bench --device cpu")
     assert report["date"] and report["settings"]["repeats"] == 2
     rows = report["rows"]
+    methods = report["settings"]["methods"]
+    assert set(methods) | set(report["missing"]) == set(bench.METHODS)
     assert [(r["config"], r["method"]) for r in rows] == [
-        (c, m) for c in ("quick-paper", "quick-onb") for m in bench.METHODS]
+        (c, m) for c in ("quick-paper", "quick-onb") for m in methods]
     for r in rows:
         assert "error" not in r, r.get("error")
         missing = [c for c in ROW_COLUMNS if c not in r]
@@ -53,7 +55,7 @@ def test_quick_run_json_has_every_column(quick_run):
     onb = [r for r in rows if r["config"] == "quick-onb"]
     assert all(r["hidden_bwd_ms"] > 0 for r in paper)       # the isolated hidden layer
     assert all(r["hidden_bwd_ms"] is None for r in onb)      # single layer: nothing to isolate
-    sparse = paper[2]
+    sparse = next(r for r in paper if r["method"] == "fused_sparse")
     assert sparse["bwd_speedup_vs_snntorch"] == pytest.approx(
         paper[0]["bwd_ms"] / sparse["bwd_ms"])
     assert sparse["mem_saved_vs_snntorch_pct"] == pytest.approx(
@@ -69,6 +71,55 @@ def test_quick_run_calibrates_activity_and_matches_snntorch(quick_run):
     # the fused dense layers compute snnTorch's forward and gradients
     assert paper["fused_dense"]["out_max_abs_diff_vs_snntorch"] < 1e-4
     assert paper["fused_dense"]["grad_rel_err_vs_snntorch"] < 1e-4
+
+
+def test_quick_run_measures_cpu_peak_memory_of_a_step(quick_run):
+    """CPU, default: every implementation's whole-step peak RSS growth (a fresh process
+    each) is in the JSON and the table, with the saving against snnTorch."""
+    _, out = quick_run
+    rows = json.loads((out / "bench_cpu.json").read_text())["rows"]
+    for r in rows:
+        assert r["peak_bytes"] > 0, (r["config"], r["method"], r.get("peak_error"))
+        assert r["peak_saved_vs_snntorch_pct"] is not None
+    table = (out / "bench_cpu.md").read_text()
+    assert "peak saved % vs snnTorch" in table and "growth of the peak RSS" in table
+
+
+def test_quick_run_includes_spikingjelly(quick_run):
+    """With SpikingJelly installed, its multi-step network runs on the same problem: a row
+    per config with positive times, the ratio column, and gradients close to snnTorch's
+    (its reset differs slightly by design)."""
+    pytest.importorskip("spikingjelly.activation_based")
+    _, out = quick_run
+    report = json.loads((out / "bench_cpu.json").read_text())
+    assert "spikingjelly" in report["settings"]["methods"] and not report["missing"]
+    sj = {r["config"]: r for r in report["rows"] if r["method"] == "spikingjelly"}
+    assert set(sj) == {"quick-paper", "quick-onb"}
+    for r in sj.values():
+        assert "error" not in r, r.get("error")
+        assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0 and r["kept_bytes"] > 0
+        assert r["grad_cos_vs_snntorch"] > 0.8
+    assert sj["quick-paper"]["hidden_bwd_ms"] > 0
+    sparse = next(r for r in report["rows"]
+                  if r["config"] == "quick-paper" and r["method"] == "fused_sparse")
+    assert sparse["step_speedup_vs_spikingjelly"] == pytest.approx(
+        sj["quick-paper"]["step_ms"] / sparse["step_ms"])
+    assert "| quick-paper | 4 | 2/2 | spikingjelly |" in (out / "bench_cpu.md").read_text()
+
+
+def test_missing_spikingjelly_is_said_once(monkeypatch, tmp_path, capsys):
+    """Without SpikingJelly the run goes on with the other three and says so, naming the
+    pip command (never a silent skip)."""
+    monkeypatch.setattr(bench, "spikingjelly_missing", lambda: "ModuleNotFoundError: no")
+    assert bench.main(["--device", "cpu", "--config", "quick-onb", "--repeats", "1",
+                       "--warmup", "0", "--no-peak", "--no-plot", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["snntorch", "fused_dense", "fused_sparse"]
+    assert all(r["peak_bytes"] is None for r in report["rows"])  # --no-peak
+    table = (tmp_path / "bench_cpu.md").read_text()
+    assert table.count("**spikingjelly: not measured**") == 1
+    assert bench.SPIKINGJELLY_PIP in table and "not measured (--no-peak)" in table
+    assert bench.SPIKINGJELLY_PIP in capsys.readouterr().err
 
 
 def test_hidden_isolation_computes_the_same_gradient_in_both_forms():
@@ -94,6 +145,9 @@ def test_derive_speedups_and_memory_saved_by_hand():
         {"method": "snntorch", "bwd_ms": 100.0, "step_ms": 150.0, "hidden_bwd_ms": 40.0,
          "hidden_step_ms": 60.0, "kept_bytes": 1000, "hidden_kept_bytes": 400,
          "peak_bytes": None, "hidden_peak_bytes": None},
+        {"method": "spikingjelly", "bwd_ms": 50.0, "step_ms": 60.0, "hidden_bwd_ms": 20.0,
+         "hidden_step_ms": 30.0, "kept_bytes": 900, "hidden_kept_bytes": 350,
+         "peak_bytes": None, "hidden_peak_bytes": None},
         {"method": "fused_dense", "bwd_ms": 20.0, "step_ms": 30.0, "hidden_bwd_ms": 8.0,
          "hidden_step_ms": 10.0, "kept_bytes": 800, "hidden_kept_bytes": 300,
          "peak_bytes": None, "hidden_peak_bytes": None},
@@ -102,7 +156,7 @@ def test_derive_speedups_and_memory_saved_by_hand():
          "peak_bytes": None, "hidden_peak_bytes": None},
     ]
     bench.derive(rows)
-    s = rows[2]
+    s = rows[3]
     assert s["bwd_speedup_vs_snntorch"] == pytest.approx(25.0)
     assert s["step_speedup_vs_snntorch"] == pytest.approx(12.5)
     assert s["hidden_bwd_speedup_vs_snntorch"] == pytest.approx(40.0)
@@ -111,8 +165,9 @@ def test_derive_speedups_and_memory_saved_by_hand():
     assert s["mem_saved_vs_snntorch_pct"] == pytest.approx(95.0)
     assert s["hidden_mem_saved_vs_snntorch_pct"] == pytest.approx(95.0)
     assert s["mem_saved_vs_fused_dense_pct"] == pytest.approx(93.75)
-    assert s["peak_saved_vs_snntorch_pct"] is None           # CPU: no peak measured
-    assert rows[1]["bwd_speedup_vs_snntorch"] == pytest.approx(5.0)
+    assert s["step_speedup_vs_spikingjelly"] == pytest.approx(5.0)
+    assert s["peak_saved_vs_snntorch_pct"] is None           # no peak given
+    assert rows[2]["bwd_speedup_vs_snntorch"] == pytest.approx(5.0)
 
 
 def test_targets_are_judged_on_the_sparse_row():
@@ -122,7 +177,8 @@ def test_targets_are_judged_on_the_sparse_row():
             {"config": "shd", "method": "snntorch", "hidden_bwd_speedup_vs_snntorch": 1.0}]
     met = {t["key"]: t["met"] for t in bench.evaluate_targets(rows, "cpu")}
     assert met == {"hidden_bwd_speedup_vs_snntorch": True, "mem_saved_vs_snntorch_pct": False,
-                   "hidden_mem_saved_vs_snntorch_pct": None, "step_speedup_vs_snntorch": True}
+                   "hidden_mem_saved_vs_snntorch_pct": None, "step_speedup_vs_snntorch": True,
+                   "peak_saved_vs_snntorch_pct": None}
 
 
 def test_config_groups_resolve_in_order_without_duplicates():
