@@ -5,11 +5,11 @@
 The paper's SHD network (700-200-200-20, β from its time constants, readout = leaky
 integrator, loss on the summed readout membrane; weights from ``python -m snntorch_sparse
 bench --config shd``, calibrated at T = 500 to a band activity ρ = 2 %) on a Bernoulli
-input ``[T, B, 700]`` at SHD's spike rate. Each implementation runs in a fresh process:
-it builds the network and the input, resets the process's peak RSS (``/proc/self/
-clear_refs``), runs one training step (forward + backward) and reports the step's time and
-the growth of the peak RSS over it — the memory the step needs beyond the input and the
-weights, which every implementation holds alike.
+input ``[T, B, 700]`` at SHD's spike rate. Each implementation runs in a fresh process
+(:func:`snntorch_sparse.metrics.step_peak_rss`): it builds the network and the input,
+runs one training step (forward + backward) and reports the step's time and the growth of
+the peak RSS over it — the memory the step needs beyond the input and the weights, which
+every implementation holds alike.
 
 Implementations: snnTorch's per-step loop (``Linear`` + ``snntorch.Leaky`` per step, dense
 BPTT through autograd), our fused sparse layers unchunked (``time_chunk=None``) and
@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -54,39 +53,37 @@ def _network(method, T, batch, chunk="auto"):
     return model, (lambda out: bench.loss_fn(long_cfg, out, labels)), x, info["rho"]
 
 
-def _status(key):
-    with open("/proc/self/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith(key + ":"))) * 1024
-
-
-def child(method, T, batch, chunk="auto"):
-    """One training step of ``method`` in this (fresh) process: a dict of its costs."""
+def setup(method, T, batch, chunk):
+    """One training step of ``method``, built for :func:`metrics.step_peak_rss` (which
+    measures it in a fresh process): returns the step, which returns its costs."""
     model, loss_fn, x, rho = _network(method, T, batch, chunk)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # restart VmHWM at the current RSS: input and weights exist already
-    base = _status("VmHWM")
-    t0 = time.perf_counter()
-    out = model(x)
-    loss = loss_fn(out)
-    t1 = time.perf_counter()
-    loss.backward()
-    t2 = time.perf_counter()
-    chunks = [m._report.get("chunks") for m in model.modules() if hasattr(m, "_report")]
-    return {"method": method, "T": T, "B": batch, "fwd_s": t1 - t0, "bwd_s": t2 - t1,
-            "step_s": t2 - t0, "peak_growth_bytes": _status("VmHWM") - base,
-            "input_bytes": x.numel() * x.element_size(), "loss": loss.item(),
-            "rho_calibrated": rho, "chunks": chunks}
+
+    def step():
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x))
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        chunks = [m._report.get("chunks") for m in model.modules() if hasattr(m, "_report")]
+        return {"fwd_s": t1 - t0, "bwd_s": t2 - t1, "step_s": t2 - t0, "loss": loss.item(),
+                "input_bytes": x.numel() * x.element_size(), "rho_calibrated": rho,
+                "chunks": chunks}
+    return step
 
 
 def run(method, T, batch, chunk="auto"):
-    code = ("import json, sys; sys.path.insert(0, %r); import long_sequence as m; "
-            "print(json.dumps(m.child(%r, %d, %d, %r)))" % (os.path.dirname(__file__), method, T,
-                                                            batch, chunk))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode:
-        return {"method": method, "T": T, "B": batch,
-                "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One implementation's row: its step's costs and peak RSS growth (fresh process)."""
+    from snntorch_sparse import metrics
+
+    row = {"method": method, "T": T, "B": batch}
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))
+    try:
+        row["peak_growth_bytes"], costs = metrics.step_peak_rss("long_sequence:setup", method,
+                                                                T, batch, chunk)
+    except RuntimeError as err:
+        return dict(row, error=str(err).splitlines()[-1])
+    return dict(row, **costs)
 
 
 def markdown(rows, meta):

@@ -675,7 +675,7 @@ def measure_peak_rss(cfg, rows, problem, args, progress):
                 continue
             progress.set_postfix_str(f"{cfg.name} / {row['method']} peak RSS")
             try:
-                row["peak_bytes"] = metrics.step_peak_rss(
+                row["peak_bytes"], _ = metrics.step_peak_rss(
                     "snntorch_sparse.bench:_peak_setup", path, row["method"], args.b_th,
                     args.surrogate)
             except RuntimeError as err:

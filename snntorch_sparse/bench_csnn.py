@@ -248,8 +248,8 @@ def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
                "kept_bytes": _kept_bytes(fns[m], x, y, loss_fn), "loss": loss,
                "floor_ms": floor_macs / rate * 1e3, "floor_gmacs": floor_macs / 1e9}
         if peak and device.type == "cpu" and metrics.peak_rss_supported():
-            row["peak_bytes"] = metrics.step_peak_rss("snntorch_sparse.bench_csnn:_peak_setup",
-                                                      name, m, steps, batch, b_th)
+            row["peak_bytes"], _ = metrics.step_peak_rss(
+                "snntorch_sparse.bench_csnn:_peak_setup", name, m, steps, batch, b_th)
         rows.append(row)
     base = rows[0]
     for r in rows:

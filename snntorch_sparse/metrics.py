@@ -170,16 +170,29 @@ def peak_rss_supported():
     return os.path.exists("/proc/self/status")
 
 
+def reset_peak_rss():
+    """Restart this process's peak RSS at its current RSS (Linux: ``/proc/self/clear_refs``),
+    so that a peak measured next is the next work's own, not an earlier transient's (building
+    an input often peaks above what it keeps). Returns False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def step_peak_rss(setup, *args):
     """Peak CPU memory of one step, in a fresh Python process (Linux): the growth of the
     child's peak RSS (:func:`peak_rss`) over ``step()``, where ``step = setup(*args)``.
 
     ``setup`` (``"module:function"``, importable in the child) builds everything the step
     needs (model, inputs) and returns the step as a callable, so that only the step's own
-    allocations count. A fresh process because the peak RSS only ever grows: in the
-    parent, earlier work would hide the step's peak. ``args`` must be literals
-    (``repr`` round-trips them). The child imports this copy of ``snntorch_sparse`` and
-    uses as many threads as this process. Returns bytes (an int).
+    allocations count (the peak is restarted after setup, :func:`reset_peak_rss`). A fresh
+    process because the peak RSS only ever grows: in the parent, earlier work would hide
+    the step's peak. ``args`` must be literals (``repr`` round-trips them). The child
+    imports this copy of ``snntorch_sparse`` and uses as many threads as this process.
+    Returns ``(bytes, result)``: the growth (an int) and what ``step()`` returned (JSON).
     """
     code = ("import json; from snntorch_sparse import metrics; "
             f"print(json.dumps(metrics._step_peak_child({setup!r}, {args!r})))")
@@ -190,15 +203,17 @@ def step_peak_rss(setup, *args):
                          check=False)
     if out.returncode:
         raise RuntimeError(f"peak-memory child failed: {out.stderr.strip()[-400:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    grown, result = json.loads(out.stdout.strip().splitlines()[-1])
+    return grown, result
 
 
 def _step_peak_child(setup, args):
     module, name = setup.split(":")
     step = getattr(importlib.import_module(module), name)(*args)
+    reset_peak_rss()
     before = peak_rss()
-    step()
-    return peak_rss() - before
+    result = step()
+    return [peak_rss() - before, result]
 
 
 def band_report(model, reset=True):
