@@ -494,7 +494,7 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
 #: this many bytes runs whole; a longer one in chunks of about this size — large enough
 #: that the per-chunk calls (each a parallel region) are amortised, small enough that
 #: peak memory no longer grows with ``T`` beyond the layer's input and outputs.
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 32 << 20
 
 
 def chunk_steps(setting, T, B, n_in, n_out, itemsize):
@@ -517,6 +517,23 @@ def chunk_steps(setting, T, B, n_in, n_out, itemsize):
 
 def _cat(parts):
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class _Rows:
+    """A ``[n, ...]`` result assembled chunk by chunk: with one chunk, that chunk's own
+    tensor; with several, one tensor allocated at the first and filled in place (a list
+    of chunks then a concatenation would hold the result twice at its peak)."""
+
+    def __init__(self, n, chunks):
+        self.n, self.single, self.out = n, chunks == 1, None
+
+    def put(self, r0, part):
+        if self.single:
+            self.out = part
+            return
+        if self.out is None:
+            self.out = part.new_empty((self.n, *part.shape[1:]))
+        self.out[r0:r0 + part.shape[0]].copy_(part)
 
 
 def _span(t, a, b, n):
@@ -555,7 +572,8 @@ class _SpikingLinear(torch.autograd.Function):
         wt = None
         steps = chunk_steps(cfg.time_chunk, T, B, n_in, n_out, x.element_size())
         bounds = [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
-        mems, spks, bitss, valss, rbitss, cscs, x_compact = [], [], [], [], [], [], True
+        mems, spks = _Rows(T, len(bounds)), _Rows(T, len(bounds))
+        bitss, valss, rbitss, cscs, x_compact = [], [], [], [], True
         prev = mem0f
         for t0, t1 in bounds:
             xc = _span(x2d, t0 * B, t1 * B, T * B)
@@ -575,12 +593,16 @@ class _SpikingLinear(torch.autograd.Function):
             if keep_rbits:
                 rbitss.append(_reset_bits(prev, mem, thetaf))
             if keep_mem:
-                mems.append(mem)
-            spks.append(spk)
+                mems.put(t0, mem)
+            if not cfg.readout:
+                spks.put(t0, spk)
             bitss.append(bits)
             valss.append(vals)
-            prev = mem[-1]
-        mem = _cat(mems) if keep_mem else prev.new_empty(0)
+            # U carried to the next chunk as a copy: a view would keep this chunk's whole
+            # membrane alive, and so would the loop's names while the next chunk runs.
+            prev = mem[-1].clone()
+            del cur, mem, spk
+        mem = mems.out if keep_mem else prev.new_empty(0)
         if cfg.report is not None:
             cfg.report["chunks"] = len(bounds)
 
@@ -599,7 +621,7 @@ class _SpikingLinear(torch.autograd.Function):
         if cfg.readout:
             spk, bits, vals = mem.new_empty(0), _empty_bits(x.device), mem.new_empty(0)
         else:
-            spk, bits, vals = _cat(spks), _cat(bitss), _cat(valss)
+            spk, bits, vals = spks.out, _cat(bitss), _cat(valss)
         # where each chunk's band values start (one chunk: all of them)
         ctx.band_counts = ([v.numel() for v in valss] if len(bounds) > 1 and not cfg.readout
                            else None)
@@ -642,7 +664,8 @@ class _SpikingLinear(torch.autograd.Function):
         wt = weight.t().contiguous() if need_x and up_bits is not None else None
         report = cfg.report is not None and not torch.compiler.is_compiling()
 
-        dxs, d_w, d_b, d_beta, d_theta, carry = [], None, None, None, None, None
+        dxs = _Rows(T * B, len(ctx.bounds))
+        d_w, d_b, d_beta, d_theta, carry = None, None, None, None, None
         add = lambda acc, g: g if acc is None else acc + g  # noqa: E731
         band_ends = [0] + list(itertools.accumulate(ctx.band_counts or []))
         for i in reversed(range(len(ctx.bounds))):
@@ -660,9 +683,9 @@ class _SpikingLinear(torch.autograd.Function):
             if need_x:
                 if up_bits is not None:
                     c_up = up_bits[r0 * n_in // 32:(r1 * n_in + 31) // 32]
-                    dxs.append(ops.dx_masked(delta2d, wt, c_up))
+                    dxs.put(r0, ops.dx_masked(delta2d, wt, c_up))
                 else:
-                    dxs.append(delta2d @ weight)
+                    dxs.put(r0, delta2d @ weight)
             if need_w:
                 colptr, rows, xvals = (csc_saved[3 * i:3 * i + 3] if ctx.x_compact
                                        else (None, None, None))
@@ -690,10 +713,11 @@ class _SpikingLinear(torch.autograd.Function):
             if need_theta:
                 band = _band_part(g_spk, c_bits, c_vals, nrn)
                 d_theta = add(d_theta, _theta_grad(delta, band, c_rbits, nrn))
+            del delta, delta2d  # not alive while the next chunk runs
         if report and need_x:
             cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
-        d_x = _cat(dxs[::-1]).view(T, B, n_in) if need_x else None
+        d_x = dxs.out.view(T, B, n_in) if need_x else None
         d_beta = _reduce(d_beta, step, beta_meta) if need_beta else None
         d_theta = _reduce(d_theta, step, theta_meta) if need_theta else None
         d_mem0 = _reduce(carry, step, mem0_meta) if need_mem0 else None

@@ -107,7 +107,7 @@ class SpikingLinear(SpikingLayer):
             are alive — peak memory bounded in T, results equal to the unchunked layer
             (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
             (default): the whole sequence when its widest ``[T·B, features]`` tensor
-            holds at most 64 MiB, else chunks of that size; None: always whole. The trace
+            holds at most 32 MiB, else chunks of that size; None: always whole. The trace
             form of ∂W runs only unchunked.
         device, dtype: as ``nn.Linear``.
 
