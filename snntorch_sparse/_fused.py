@@ -490,11 +490,12 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
     return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
-#: ``time_chunk="auto"``: a sequence whose widest ``[T·B, features]`` tensor is at most
-#: this many bytes runs whole; a longer one in chunks of about this size — large enough
-#: that the per-chunk calls (each a parallel region) are amortised, small enough that
-#: peak memory no longer grows with ``T`` beyond the layer's input and outputs.
-CHUNK_BYTES = 32 << 20
+#: ``time_chunk="auto"``: a sequence whose ``[T·B, n_out]`` tensors (the currents, the
+#: membrane, the spikes, Δ) hold at most this many bytes runs whole; a longer one in chunks
+#: of about this size. Above glibc's largest heap-served block (32 MiB), so every chunk
+#: temporary is mapped and handed back to the system when freed — the peak RSS follows
+#: the live bytes — and large enough that the per-chunk calls are amortised.
+CHUNK_BYTES = 40 << 20
 
 
 def chunk_steps(setting, T, B, n_in, n_out, itemsize):
@@ -508,7 +509,7 @@ def chunk_steps(setting, T, B, n_in, n_out, itemsize):
     if setting is None:
         return T
     if setting == "auto":
-        steps = max(1, CHUNK_BYTES // (B * max(n_in, n_out) * itemsize))
+        steps = max(1, CHUNK_BYTES // (B * n_out * itemsize))
     else:
         steps = setting
     align = math.lcm(32 // math.gcd(B * n_out, 32), 32 // math.gcd(B * n_in, 32))

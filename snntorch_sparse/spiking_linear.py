@@ -106,9 +106,9 @@ class SpikingLinear(SpikingLayer):
             gradient, so besides the input and the outputs only one chunk's temporaries
             are alive — peak memory bounded in T, results equal to the unchunked layer
             (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
-            (default): the whole sequence when its widest ``[T·B, features]`` tensor
-            holds at most 32 MiB, else chunks of that size; None: always whole. The trace
-            form of ∂W runs only unchunked.
+            (default): the whole sequence when a ``[T·B, out_features]`` tensor holds at
+            most 40 MiB, else chunks of that size; None: always whole. The trace form of
+            ∂W runs only unchunked.
         device, dtype: as ``nn.Linear``.
 
     Example::
