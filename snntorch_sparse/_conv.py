@@ -110,8 +110,7 @@ class _ConvCurrents(torch.autograd.Function):
         x, colptr, rows, xvals, weight, up_bits = ctx.saved_tensors
         if grad is None:
             return (None,) * 8
-        grad = grad.contiguous()
-        geo = ctx.geo
+        geo = ctx.geo  # grad in any layout: the kernels take it channels-last
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         in_shape = list(ctx.x_shape[1:])
         d_x = d_w = None
@@ -133,6 +132,28 @@ class _ConvCurrents(torch.autograd.Function):
                 ctx.report["dx_masked"] = up_bits is not None
         d_b = grad.sum((0, 2, 3)) if need_b else None
         return d_x, d_w, d_b, None, None, None, None, None
+
+
+class _StandardLayout(torch.autograd.Function):
+    """``x.contiguous()`` of a channels-last ``x`` whose gradient goes back channels-last:
+    the event-driven forward returns its currents channels-last, a pooling over them runs
+    fastest in that layout, and its backward too — if its gradient arrives channels-last."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def standard_layout(x):
+    """``x`` in the standard (contiguous) layout; from channels-last, with the gradient
+    handed back channels-last (:class:`_StandardLayout`)."""
+    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous()
+    return _StandardLayout.apply(x)
 
 
 def conv_currents(x, weight, bias, geo, sparse, report=None):

@@ -311,7 +311,8 @@ def _register_fakes():
     def _(x, weight, bias, stride, padding, dilation, groups):
         size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
                 zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
-        return x.new_empty(x.shape[0], weight.shape[0], *size)
+        return x.new_empty(x.shape[0], weight.shape[0], *size).contiguous(
+            memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------- autograd

@@ -517,11 +517,13 @@ def conv_fwd_events(x, weight, bias, stride, padding, dilation, groups):
     — the dense convolution's value (equal up to the order of the sums) for finite
     weights; cost ≈ ``nnz(X)·C_out·K²/groups`` instead of ``R·Ho·Wo·C_out·C_in·K²/groups``.
     ``x [R, C_in, H, W]``, ``W [C_out, C_in/groups, kH, kW]``, ``bias [C_out]`` or None.
+    Returned channels-last (``torch.channels_last``), the layout the kernels sum in.
     """
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"conv_fwd_events: `x` and `weight` must be 4-D, got shapes "
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")
-    return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    out = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 # ---- synaptic

@@ -100,7 +100,8 @@ __global__ void conv_dx_masked_kernel(const scalar_t* __restrict__ delta,
 // ------------------------------------------------------------------- conv_fwd_events
 // A thread per (input element e = (r, c, y, x), output channel o of c's group): nothing when
 // x[e] is 0, else x[e]*weight[o, c mod cin_g, tap] added at each tap's target in acc
-// ([R, C_out, Ho, Wo] in opmath_t), which the other inputs reaching that output also hit.
+// ([R, C_out, Ho, Wo] in opmath_t, channels-last: the threads of a warp, consecutive o, hit
+// consecutive addresses), which the other inputs reaching that output also hit.
 template <typename scalar_t>
 __global__ void conv_fwd_events_kernel(const scalar_t* __restrict__ x,
                                        const scalar_t* __restrict__ weight,
@@ -116,12 +117,12 @@ __global__ void conv_fwd_events_kernel(const scalar_t* __restrict__ x,
     const int64_t c = i / (g.H * g.W), y = i / g.W % g.H, xx = i % g.W;
     const int64_t o = c / g.cin_g * g.cout_g + j % g.cout_g;
     const scalar_t* w = weight + (o * g.cin_g + c % g.cin_g) * K;
-    opmath_t* a = acc + (r * g.C_out + o) * g.Ho * g.Wo;
+    opmath_t* a = acc + r * g.Ho * g.Wo * g.C_out + o;
     for (int64_t ky = 0; ky < g.kH; ++ky) {
       for (int64_t kx = 0; kx < g.kW; ++kx) {
         int64_t oy, ox;
         if (!tap_target(g, y, xx, ky, kx, oy, ox)) continue;
-        atomicAdd(a + oy * g.Wo + ox, v * static_cast<opmath_t>(w[ky * g.kW + kx]));
+        atomicAdd(a + (oy * g.Wo + ox) * g.C_out, v * static_cast<opmath_t>(w[ky * g.kW + kx]));
       }
     }
   }
@@ -216,7 +217,9 @@ at::Tensor conv_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const auto acc_type = at::toOpMathType(x.scalar_type());
-  at::Tensor acc = at::zeros({g.R, g.C_out, g.Ho, g.Wo}, x.options().dtype(acc_type));
+  // Channels-last, as the CPU kernel returns it.
+  at::Tensor acc = at::zeros({g.R, g.C_out, g.Ho, g.Wo},
+                             x.options().dtype(acc_type).memory_format(at::MemoryFormat::ChannelsLast));
   if (acc.numel() != 0 && g.in_numel != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_events", [&] {
       conv_fwd_events_kernel<scalar_t><<<grid_for(g.in_numel * g.cout_g), kThreads, 0, stream()>>>(
@@ -226,7 +229,7 @@ at::Tensor conv_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight
     });
   }
   if (has_bias) acc.add_(bias_in->to(acc_type).view({1, g.C_out, 1, 1}));
-  return acc.to(x.scalar_type());
+  return acc.to(x.scalar_type());  // keeps the layout
 }
 
 }  // namespace
