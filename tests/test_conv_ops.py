@@ -257,6 +257,13 @@ def test_conv_ops_non_contiguous_inputs(device, gen):
     (delta, *csc_rest), x = dw_case(geometry, 3, 0.3, True, torch.float64, gen)
     delta_nc = delta.transpose(2, 3).contiguous().transpose(2, 3)
     check_dw(device, (delta_nc, *csc_rest), x, TOL[torch.float64])
+    # channels-last, the layout the CPU kernels read (and the forward's currents have)
+    delta_cl = delta.contiguous(memory_format=torch.channels_last)
+    assert not delta_cl.is_contiguous()
+    check_dw(device, (delta_cl, *csc_rest), x, TOL[torch.float64])
+    (delta, weight, bits, *rest), m = dx_case(geometry, 3, 0.3, torch.float64, gen)
+    check_dx(device, (delta.contiguous(memory_format=torch.channels_last), weight, bits, *rest),
+             m, TOL[torch.float64])
 
 
 # ------------------------------------------------------------------------ opcheck
@@ -404,6 +411,7 @@ def test_conv_fwd_events(device, gen, dtype, geometry, R, density, valued):
     args = fwd_case(GEOMETRIES[geometry], R, density, valued, dtype, gen, bias=R == 5)
     x, weight, b = args[:3]
     out = call("conv_fwd_events", device, *args)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the documented layout
     magnitude = torch.nn.functional.conv2d(x.abs(), weight.abs(), None, *args[3:])
     dense = torch.nn.functional.conv2d(x, weight, b, *args[3:])
     assert_sum(out - (0 if b is None else b.view(1, -1, 1, 1)),

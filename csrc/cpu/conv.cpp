@@ -2,8 +2,9 @@
 // and of its event-driven forward, `conv_fwd_events` (math: the functions of the same names in
 // reference.py).
 //
-// Both read delta channels-last ([Ho, Wo, C_out] per sample: a copy unless it comes so, as the
-// event-driven forward's currents and their gradient do) and the weight as
+// Both read delta channels-last ([Ho, Wo, C_out] per sample: in place when it comes so, as the
+// event-driven forward's currents' gradient does, else transposed a sample at a time) and
+// the weight as
 // [C_in/groups, kH, kW, C_out], so that the innermost loop runs over the contiguous output
 // channels of a group. No atomics: a weight-gradient task accumulates into its own buffer
 // (summed at the end), and each sample's input gradient belongs to one thread.
@@ -78,24 +79,48 @@ inline int64_t taps_of(const ConvGeometry& g, const Taps& tt, int64_t y, int64_t
 // all its channels then read.
 constexpr int64_t kTileBytes = 512 << 10;
 
+// Sample r of delta channels-last ([Ho*Wo, C_out]): in place when delta is laid out so
+// (`cl`: the event-driven currents' gradient), else transposed into `scratch`.
+template <typename T>
+const T* sample_channels_last(const T* delta, bool cl, const ConvGeometry& g, int64_t r,
+                              T* scratch) {
+  const T* d = delta + r * g.out_sample;
+  if (cl) return d;
+  const int64_t HoWo = g.Ho * g.Wo;
+  for (int64_t o = 0; o < g.C_out; ++o)
+    for (int64_t p = 0; p < HoWo; ++p) scratch[p * g.C_out + o] = d[o * HoWo + p];
+  return scratch;
+}
+
+// delta as the kernels take it: as is when channels-last or contiguous (`cl` says which).
+inline Tensor delta_arg(const Tensor& delta_in, bool& cl) {
+  cl = !delta_in.is_contiguous() && delta_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cl ? delta_in : delta_in.contiguous();
+}
+
 // Task (samples [r0, r1), channels [c0, c1)) of conv_dw_spikes: acc[c, tap, o] (o over c's
 // group) += x * delta[r, pos, o] (channels-last) over the nonzeros (r, c, y, x) and the taps
 // (tap, pos) of (y, x), walking the samples tile_rows at a time so that a tile of delta stays
-// in cache. Scratch: next (one entry per input column), tap and pos (kH*kW).
+// in cache. Scratch: tile (tile_rows samples, used unless `cl`), next (one entry per input
+// column), tap and pos (kH*kW).
 template <typename T>
-SNN_VECTOR_CLONES void conv_dw_task(const T* delta, const int64_t* colptr, const int32_t* rows,
-                                    const T* xvals, const ConvGeometry& g, const Taps& tt,
-                                    int64_t r0, int64_t r1,
-                                    int64_t c0, int64_t c1, int64_t tile_rows, T* acc,
-                                    int64_t* next, int64_t* tap, int64_t* pos) {
+SNN_VECTOR_CLONES void conv_dw_task(const T* delta, bool cl, const int64_t* colptr,
+                                    const int32_t* rows, const T* xvals, const ConvGeometry& g,
+                                    const Taps& tt, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                    int64_t tile_rows, T* acc, T* tile, int64_t* next,
+                                    int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W;
   // Rows ascend within a column: skip those of earlier tasks' samples.
   for (int64_t i = c0 * HW; i < c1 * HW; ++i)
     next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], r0) - rows;
   for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
     const int64_t t1 = std::min(r1, t0 + tile_rows);
+    if (!cl)
+      for (int64_t r = t0; r < t1; ++r)
+        sample_channels_last(delta, cl, g, r, tile + (r - t0) * g.out_sample);
+    const T* tile_cl = cl ? delta + t0 * g.out_sample : tile;
     for (int64_t c = c0; c < c1; ++c) {
-      const T* group_tile = delta + t0 * g.out_sample + c / g.cin_g * n;
+      const T* group_tile = tile_cl + c / g.cin_g * n;
       T* acc_c = acc + c * K * n;
       for (int64_t y = 0; y < g.H; ++y) {
         for (int64_t x = 0; x < g.W; ++x) {
@@ -138,7 +163,8 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
                   "nonzero_csc gives them), column ", i, " is not");
   if (g.weight_numel == 0 || rows.numel() == 0)
     return at::zeros({g.C_out, g.cin_g, g.kH, g.kW}, delta_in.options());
-  const Tensor delta = delta_in.contiguous(at::MemoryFormat::ChannelsLast);
+  bool cl;
+  const Tensor delta = delta_arg(delta_in, cl);
   const int64_t threads = at::get_num_threads();
   const int64_t n_r = std::min(g.R, threads);
   const int64_t n_c = std::min(g.C_in, (threads + n_r - 1) / n_r);
@@ -150,12 +176,14 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dw_spikes_cpu", [&] {
     const scalar_t* xv = xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n_r * n_c, 1, [&](int64_t j0, int64_t j1) {
+      std::vector<scalar_t> tile(cl ? 0 : std::min(tile_rows, g.R) * g.out_sample);
       std::vector<int64_t> next(g.chw), tap(K), pos(K);
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t jr = j / n_c, jc = j % n_c;
-        conv_dw_task<scalar_t>(delta.const_data_ptr<scalar_t>(), pp, rr, xv, g, tt, g.R * jr / n_r,
-                               g.R * (jr + 1) / n_r, g.C_in * jc / n_c, g.C_in * (jc + 1) / n_c,
-                               tile_rows, acc.mutable_data_ptr<scalar_t>() + jr * g.weight_numel,
+        conv_dw_task<scalar_t>(delta.const_data_ptr<scalar_t>(), cl, pp, rr, xv, g, tt,
+                               g.R * jr / n_r, g.R * (jr + 1) / n_r, g.C_in * jc / n_c,
+                               g.C_in * (jc + 1) / n_c, tile_rows,
+                               acc.mutable_data_ptr<scalar_t>() + jr * g.weight_numel, tile.data(),
                                next.data(), tap.data(), pos.data());
       }
     });
@@ -166,32 +194,35 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
 
 // ------------------------------------------------------------------- conv_dx_masked
 // Samples [r0, r1) of conv_dx_masked: for each set bit (c, y, x) of a sample, the dot product
-// of the group's delta and weight over the taps and output channels; zeros elsewhere. delta
-// is channels-last ([Ho*Wo, C_out] per sample), which makes the loop over o contiguous in
-// both operands. weight_t: the weight as [cin_g, kH*kW, C_out]. Scratch: sums (cout_g), tap
-// and pos (kH*kW).
+// of the group's delta and weight over the taps and output channels; zeros elsewhere. A
+// sample with a set bit reads its delta channels-last ([Ho*Wo, C_out]: in place when `cl`,
+// else transposed once into row_t), which makes the loop over o contiguous in both
+// operands. weight_t: the weight as [cin_g, kH*kW, C_out]. Scratch: row_t (unless `cl`),
+// sums (cout_g), tap and pos (kH*kW).
 template <typename T>
-SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, const T* weight_t, const int32_t* bits,
+SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, bool cl, const T* weight_t, const int32_t* bits,
                                     const ConvGeometry& g, const Taps& tt, int64_t r0, int64_t r1, T* out,
-                                    T* sums, int64_t* tap, int64_t* pos) {
+                                    T* row_t, T* sums, int64_t* tap, int64_t* pos) {
   const int64_t K = g.kH * g.kW, n = g.cout_g, HW = g.H * g.W;
   for (int64_t r = r0; r < r1; ++r) {
     T* o_row = out + r * g.chw;
     std::fill(o_row, o_row + g.chw, T(0));
-    const T* row_t = delta + r * g.out_sample;
+    const T* d_cl = nullptr;  // sample r channels-last, once a set bit needs it
     const int64_t k0 = r * g.chw, k1 = k0 + g.chw;
     const int64_t w0 = k0 >> 5, w1 = (k1 + 31) >> 5;
     for (int64_t w = w0; w < w1; ++w) {
       // Keep the bits of this word that belong to sample r.
       const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
       const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
-      for (uint32_t word = static_cast<uint32_t>(bits[w]) & mask; word; word &= word - 1) {
+      uint32_t word = static_cast<uint32_t>(bits[w]) & mask;
+      if (word && !d_cl) d_cl = sample_channels_last(delta, cl, g, r, row_t);
+      for (; word; word &= word - 1) {
         const int64_t i = w * 32 + __builtin_ctz(word) - k0;
         const int64_t c = i / HW, y = (i % HW) / g.W, x = i % g.W;
         const int64_t grp = c / g.cin_g;
         const int64_t nt = taps_of(g, tt, y, x, tap, pos);
         const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + grp * n;
-        const T* dg = row_t + grp * n;
+        const T* dg = d_cl + grp * n;
         // Per-channel partial sums across the taps, reduced once: the tap loop is then
         // plain vertical vector arithmetic.
         std::fill(sums, sums + n, T(0));
@@ -231,18 +262,19 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
               " words, got ", bits_in.numel());
   Tensor out = at::empty({g.R, g.C_in, g.H, g.W}, delta_in.options());
   if (g.in_numel == 0) return out;
-  const Tensor delta = delta_in.contiguous(at::MemoryFormat::ChannelsLast);
+  bool cl;
+  const Tensor delta = delta_arg(delta_in, cl);
   const Tensor bits = bits_in.contiguous();
   const Tensor weight_t = weight_in.permute({1, 2, 3, 0}).contiguous();
   const int64_t K = g.kH * g.kW;
   const Taps tt(g);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dx_masked_cpu", [&] {
     at::parallel_for(0, g.R, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> sums(g.cout_g);
+      std::vector<scalar_t> row_t(cl ? 0 : g.out_sample), sums(g.cout_g);
       std::vector<int64_t> tap(K), pos(K);
-      conv_dx_rows<scalar_t>(delta.const_data_ptr<scalar_t>(), weight_t.const_data_ptr<scalar_t>(),
+      conv_dx_rows<scalar_t>(delta.const_data_ptr<scalar_t>(), cl, weight_t.const_data_ptr<scalar_t>(),
                              bits.const_data_ptr<int32_t>(), g, tt, r0, r1, out.mutable_data_ptr<scalar_t>(),
-                             sums.data(), tap.data(), pos.data());
+                             row_t.data(), sums.data(), tap.data(), pos.data());
     });
   });
   return out;
