@@ -73,13 +73,8 @@ __global__ void band_grad_kernel(const scalar_t* __restrict__ grad,
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t pos = k;
-    bool in_band = true;
-    if (bits != nullptr) {
-      const uint32_t word = static_cast<uint32_t>(bits[k >> 5]);
-      in_band = (word >> (k & 31)) & 1u;
-      if (in_band) pos = band_rank(word, incl, k);
-    }
+    int64_t pos;
+    const bool in_band = band_position(bits, incl, k, pos);
     if (in_band && pos < nvals) {
       const opmath_t g = surrogate_grad<opmath_t>(static_cast<opmath_t>(grad[k]),
                                                   static_cast<opmath_t>(vals[pos]), shape, p);

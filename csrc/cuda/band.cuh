@@ -16,6 +16,18 @@ __device__ __forceinline__ int64_t band_rank(uint32_t word, const int64_t* incl,
   return incl[k >> 5] - __popc(word) + __popc(word & below);
 }
 
+// Whether element k is in the band, and its position in vals (k itself in dense mode,
+// bits == nullptr).
+__device__ __forceinline__ bool band_position(const int32_t* bits, const int64_t* incl, int64_t k,
+                                              int64_t& pos) {
+  pos = k;
+  if (bits == nullptr) return true;
+  const uint32_t word = static_cast<uint32_t>(bits[k >> 5]);
+  if (!((word >> (k & 31)) & 1u)) return false;
+  pos = band_rank(word, incl, k);
+  return true;
+}
+
 __global__ void popcount_kernel(const int32_t* __restrict__ bits, int32_t* __restrict__ counts,
                                 int64_t nwords) {
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < nwords;

@@ -65,13 +65,8 @@ struct BandEps {
   double p;
   opmath_t gamma;
   __device__ opmath_t operator()(int64_t k) const {
-    int64_t pos = k;
-    bool in_band = true;
-    if (bits != nullptr) {
-      const uint32_t word = static_cast<uint32_t>(bits[k >> 5]);
-      in_band = (word >> (k & 31)) & 1u;
-      if (in_band) pos = band_rank(word, incl, k);
-    }
+    int64_t pos;
+    const bool in_band = band_position(bits, incl, k, pos);
     scalar_t band = scalar_t(0);
     if (in_band && pos < nvals) {
       band = static_cast<scalar_t>(surrogate_grad<opmath_t>(static_cast<opmath_t>(grad[k]),
