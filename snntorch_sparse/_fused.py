@@ -28,8 +28,9 @@ activity. The dense membrane is kept only when β requires grad (its gradient ne
 
 Host synchronisations, all in the forward: ``spike`` sizes its band values; a
 ``spiking_linear`` that keeps its input compact counts the input's nonzeros (and checks
-whether they are all 1), and reads a scalar fixed β as a number for the trace form. The
-backward has none: every size it needs (the band's value count) is already on the host.
+whether they are all 1), and reads a scalar fixed β as a number for the trace form — once
+per time chunk (:func:`chunk_steps`). The backward has none: every size it needs (the
+band's value count) is already on the host.
 
 The spike outputs carry a band tag when the band is finite (:func:`tag_band`): a
 ``spiking_linear`` that consumes such a tensor computes its input gradient only inside
