@@ -612,6 +612,21 @@ def derive(rows):
                 r[f"{out}_{tag}_pct"] = metrics.memory_saved(b[key], r[key]) if ok else None
 
 
+def layer_costs(cfg, batch, info):
+    """Per layer, what :func:`bench_csnn.flop_floor` needs: dense multiply-adds of the
+    forward, the input's share of nonzeros (measured on the benchmark batch; 1 for a
+    ``randn`` input), the band share ρ of the layer feeding it, and the input density up
+    to which the sparse mode's forward is event-driven."""
+    from ._fused import event_max_density
+
+    densities = [1.0 if info["input_rate_measured"] is None else info["input_rate_measured"]]
+    densities += info["spike_rate"]
+    return [{"macs": cfg.T * batch * n_in * n_out, "in_density": densities[i],
+             "upstream_rho": info["rho"][i - 1] if i else None,
+             "events_max": event_max_density(n_out)}
+            for i, (n_in, n_out) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:]))]
+
+
 def bench_config(cfg, args, device, progress, methods=METHODS):
     """The implementations ``methods`` on one configuration; returns the rows (one per
     method)."""
@@ -625,13 +640,18 @@ def bench_config(cfg, args, device, progress, methods=METHODS):
         progress.write(f"{cfg.name}: setup failed: {type(err).__name__}: {err}")
         progress.update(len(methods))
         return [dict(base, method=m, error=f"setup: {type(err).__name__}: {err}") for m in methods]
+    rate = bench_csnn.gemm_rate(device)
+    costs = layer_costs(cfg, batch, info)
+    floors = {m: bench_csnn.flop_floor(costs, m, cfg.T, False) for m in METHODS}
     base.update(rho=info["rho"], spike_rate=info["spike_rate"], weight_scale=info["weight_scale"],
                 input_rate=cfg.input_rate, input_rate_measured=info["input_rate_measured"],
                 rho_hidden=info["rho"][cfg.hidden_index] if cfg.hidden_index is not None else None)
     rows, ref = [], None
     for method in methods:
         progress.set_postfix_str(f"{cfg.name} / {method}")
-        row = dict(base, method=method)
+        row = dict(base, method=method, gemm_gmacs_per_s=rate / 1e9,
+                   floor_fwd_ms=floors[method]["fwd"] / rate * 1e3,
+                   floor_bwd_ms=floors[method]["bwd"] / rate * 1e3)
         try:
             model = make_model(method, cfg, weights, biases, args.b_th, args.surrogate)
             res, probe = measure(model, cfg, x, labels, upstream, device, args.warmup,
@@ -782,10 +802,12 @@ def markdown(report):
         rates = "/".join(f"{100 * p:.2g}" for p in r.get("spike_rate") or []) or "—"
         lines.append(f"| {c['name']} | {'-'.join(map(str, c['sizes']))} | {c['T']} | "
                      f"{r.get('B', '—')} | {inp} | {beta} | {_rho(r)} | {rates} |")
-    columns = ("config", "B", "ρ %", "method", "fwd ms", "bwd ms", "kept MB", "peak MB",
-               "bwd × snnTorch", "step × snnTorch", "step × SpikingJelly", "bwd × fused dense",
+    columns = ("config", "B", "ρ %", "method", "fwd ms", "bwd ms", "FLOP floor fwd / bwd ms",
+               "kept MB", "peak MB", "bwd × snnTorch", "step × snnTorch", "step × SpikingJelly", "bwd × fused dense",
                "step × fused dense", "kept saved % vs snnTorch", "peak saved % vs snnTorch")
-    lines += ["", "**Whole step** (all layers, input → loss → ∂weights)", "",
+    lines += ["", "**Whole step** (all layers, input → loss → ∂weights; FLOP floor = the "
+              "multiply-adds the implementation must do — sparse: forward and ∂W over the "
+              "input's nonzeros, ∂X over the upstream band — at the GEMM rate of this run)", "",
               "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r.get("error"):
@@ -793,7 +815,8 @@ def markdown(report):
         else:
             cells = [
                 r["config"], str(r["B"]), _rho(r), r["method"], _fmt(r["fwd_ms"]),
-                _fmt(r["bwd_ms"]), _fmt(r["kept_bytes"], "MB"), _fmt(r.get("peak_bytes"), "MB"),
+                _fmt(r["bwd_ms"]), f"{_fmt(r['floor_fwd_ms'])} / {_fmt(r['floor_bwd_ms'])}",
+                _fmt(r["kept_bytes"], "MB"), _fmt(r.get("peak_bytes"), "MB"),
                 _fmt(r.get("bwd_speedup_vs_snntorch"), "x"),
                 _fmt(r.get("step_speedup_vs_snntorch"), "x"),
                 _fmt(r.get("step_speedup_vs_spikingjelly"), "x"),

@@ -161,19 +161,21 @@ def layer_costs(net, fused_sparse, x):
 
 
 def flop_floor(costs, method, T, static):
-    """Multiply-adds of a training step: forward + ∂W + ∂X (no ∂X for the first layer).
-    Fused: a static input's first layer runs once per step, not ``T`` times. Sparse: the
-    forward and ∂W over the input's nonzeros (the forward only where the event-driven form
-    runs, ≤ 10 % nonzeros), ∂X over the upstream band."""
-    total = 0.0
+    """Multiply-adds of a training step, ``{"fwd": …, "bwd": …}``: forward, and ∂W + ∂X (no
+    ∂X for the first layer). Fused: a static input's first layer runs once per step, not
+    ``T`` times. Sparse: the forward and ∂W over the input's nonzeros (the forward only
+    where the event-driven form runs: input density ≤ the cost entry's ``events_max``,
+    default the convolution's 10 %), ∂X over the upstream band."""
+    fwd = bwd = 0.0
     for i, c in enumerate(costs):
         once = 1.0 / T if (i == 0 and static and method != "snntorch") else 1.0
         d = c["in_density"] if method == "fused_sparse" else 1.0
-        fwd = d if d <= 0.1 else 1.0
+        events = d if d <= c.get("events_max", 0.1) else 1.0
         dx = 0.0 if i == 0 else ((c["upstream_rho"] or 0.0) if method == "fused_sparse"
                                  else 1.0)
-        total += c["macs"] * ((fwd + d) * once + dx)
-    return total
+        fwd += c["macs"] * events * once
+        bwd += c["macs"] * (d * once + dx)
+    return {"fwd": fwd, "bwd": bwd}
 
 
 def gemm_rate(device):
@@ -243,7 +245,7 @@ def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):
     rows = []
     for m in METHODS:
         fwd, bwd, loss = (statistics.median(v[k] for v in times[m]) for k in range(3))
-        floor_macs = flop_floor(costs, m, steps, static=x.stride(0) == 0)
+        floor_macs = sum(flop_floor(costs, m, steps, static=x.stride(0) == 0).values())
         row = {"method": m, "fwd_ms": fwd, "bwd_ms": bwd, "step_ms": fwd + bwd,
                "kept_bytes": _kept_bytes(fns[m], x, y, loss_fn), "loss": loss,
                "floor_ms": floor_macs / rate * 1e3, "floor_gmacs": floor_macs / 1e9}
