@@ -2,6 +2,7 @@
 for backward, timers and peak memory."""
 
 import math
+import os
 import time
 
 import pytest
@@ -135,3 +136,28 @@ def test_peak_memory_cuda_sees_a_temporary():
         del t
     assert mem["extra"] >= 4 * 2**20
     assert mem["peak"] >= mem["extra"]
+
+
+# ------------------------------------------------------------ peak RSS of a step
+def _big_step(mb, transient_mb):
+    """A setup for step_peak_rss: a transient allocation first (freed), then a step that
+    touches ``mb`` MiB and returns a JSON value."""
+    junk = torch.ones(transient_mb << 18)  # float32: 4 bytes each
+    del junk
+
+    def step():
+        t = torch.ones(mb << 18)
+        return float(t[0])
+    return step
+
+
+@pytest.mark.skipif(not metrics.peak_rss_supported(), reason="needs Linux /proc")
+def test_step_peak_rss_measures_the_step_not_the_setup(monkeypatch):
+    """The step's own 64 MiB show (and its return value comes back); a 256 MiB transient of
+    the setup neither hides them nor counts."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (here, os.environ.get(
+        "PYTHONPATH")))))
+    grown, result = metrics.step_peak_rss("test_metrics:_big_step", 64, 256)
+    assert result == 1.0
+    assert 60 << 20 <= grown <= 100 << 20
