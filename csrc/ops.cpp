@@ -48,4 +48,7 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("conv_dx_masked(Tensor delta, Tensor weight, Tensor bits, int[] in_shape, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
   // Event-driven 2-D convolution: conv2d(x, weight) + bias summed over x's nonzeros only.
   m.def("conv_fwd_events(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
+  // A memory hint, no value changes: advise transparent huge pages for a large, fresh
+  // CPU buffer before its first write (csrc/cpu/alloc.h).
+  m.def("advise_huge_pages(Tensor t) -> ()");
 }

@@ -87,8 +87,15 @@ class BandedNeuron:
                 and cur_seq.numel() and not torch.compiler.is_compiling()):
             sg.observe(stats["in_band"], cur_seq.numel())
         # Per step, spikes are float32 (snnTorch's convention) before γ scales them;
-        # γ outside the op lets autograd handle a learnable factor.
-        out = spk.float() * self.graded_spikes_factor
+        # γ outside the op lets autograd handle a learnable factor. A fixed γ = 1 (the
+        # default) needs no multiply, which would cost a pass over the spikes forward and
+        # one backward; its value is read only on the CPU (a host sync on a GPU).
+        gamma = self.graded_spikes_factor
+        if (spk.dtype == torch.float32 and not gamma.requires_grad
+                and gamma.device.type == "cpu" and not torch.compiler.is_compiling()
+                and gamma.numel() == 1 and float(gamma) == 1.0):
+            return spk
+        out = spk.float() * gamma
         # A SpikingLinear fed by ``out`` may skip its input gradient outside the band
         # (paper eq. 12) since the surrogate zeroes it there, unless a learnable γ reads
         # it too.

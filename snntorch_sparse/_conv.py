@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 from torch.nn import grad as nn_grad
 
 from ._fused import _needs, band_of, band_size, compact_input, few_nonzeros
-from ._ops import first_order_only, ops
+from ._ops import empty_output, first_order_only, ops
 
 #: An input whose share of nonzeros is at most this is kept compact and its ∂W is formed
 #: over the nonzeros; a denser one goes to the library's dense convolution gradient.
@@ -154,6 +155,51 @@ def standard_layout(x):
     if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous()
     return _StandardLayout.apply(x)
+
+
+def _layout(x):
+    """The memory format a pooling of ``x`` writes in (PyTorch's choice for a 4-D input)."""
+    return (torch.channels_last if not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+
+class _MaxPool2d(torch.autograd.Function):
+    """``F.max_pool2d`` of a 4-D CPU input (``args``: kernel size, stride, padding,
+    dilation, ceil mode) writing its output, indices and input gradient into memory from
+    :func:`empty_output`: on tutorial 6's ``[3200, 64, 8, 8]`` currents a library pooling
+    spends most of its time in the page faults of those fresh buffers."""
+
+    @staticmethod
+    def forward(ctx, x, args):
+        fmt = _layout(x)
+        shape = torch.ops.aten.max_pool2d_with_indices(
+            torch.empty(x.shape, device="meta"), *args)[0].shape
+        out = empty_output(shape, x.dtype, x.device, fmt)
+        idx = empty_output(shape, torch.int64, x.device, fmt)
+        torch.ops.aten.max_pool2d_with_indices.out(x, *args, out=out, indices=idx)
+        ctx.save_for_backward(x, idx)
+        ctx.args = args
+        return out
+
+    @staticmethod
+    @first_order_only("max pooling (fused)")
+    def backward(ctx, grad):
+        x, idx = ctx.saved_tensors
+        d_x = empty_output(x.shape, x.dtype, x.device, _layout(x))
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            grad, x, *ctx.args, idx, grad_input=d_x)
+        return d_x, None
+
+
+def max_pool2d(x, pool):
+    """``pool(x)`` for an ``nn.MaxPool2d``, through :class:`_MaxPool2d` for a 4-D CPU
+    input (same values and gradient; its backward is first order only)."""
+    if x.dim() != 4 or x.device.type != "cpu" or pool.return_indices:
+        return pool(x)
+    k = _pair(pool.kernel_size)
+    args = (k, _pair(pool.stride or k), _pair(pool.padding), _pair(pool.dilation),
+            bool(pool.ceil_mode))
+    return _MaxPool2d.apply(x, args)
 
 
 def conv_currents(x, weight, bias, geo, sparse, report=None):

@@ -381,3 +381,18 @@ torch.library.register_autograd(f"{NAMESPACE}::spike", _spike_backward,
                                 setup_context=_spike_setup_context)
 
 ops = torch.ops.snntorch_sparse
+
+#: Whether the compiled library provides the memory hint (it has no reference: a build
+#: without it, or the plain-PyTorch backend, simply allocates as torch does).
+_HUGE_PAGES = _has_kernel("advise_huge_pages", "CompositeExplicitAutograd")
+
+
+def empty_output(shape, dtype, device, memory_format=torch.contiguous_format):
+    """``torch.empty``, for a large output that a library op writes once (``out=``): on
+    the CPU with transparent huge pages advised, as the compiled kernels do for their own
+    outputs (csrc/cpu/alloc.h: writing a fresh buffer costs mostly page faults, ~5× fewer
+    with huge pages)."""
+    t = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if _HUGE_PAGES and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        ops.advise_huge_pages(t)
+    return t

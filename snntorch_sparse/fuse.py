@@ -73,7 +73,10 @@ class _Folded(nn.Module):
     def forward(self, x):
         # A channels-last input (event-driven convolution currents) is processed in that
         # layout (a pooling is several times faster in it) and leaves in the standard one.
-        out = _conv.standard_layout(self.module(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        folded = x.flatten(0, 1)
+        out = (_conv.max_pool2d(folded, self.module) if type(self.module) is nn.MaxPool2d
+               else self.module(folded))
+        out = _conv.standard_layout(out).unflatten(0, x.shape[:2])
         return _fused.pass_band(x, out) if self.keeps_band else out
 
 

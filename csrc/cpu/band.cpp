@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/band.h"
 
 namespace snntorch_sparse {
@@ -33,10 +34,10 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
   check_b_th(b_th, "spike");
   const Tensor u = u_in.contiguous();
   const int64_t n = u.numel();
-  Tensor spk = at::empty(u.sizes(), u.options());
+  Tensor spk = empty_output(u.sizes(), u.options());
   const bool dense = std::isinf(b_th);
   const int64_t words = dense ? 0 : (n + 31) / 32;
-  Tensor bits = at::empty({words}, u.options().dtype(at::kInt));
+  Tensor bits = empty_output({words}, u.options().dtype(at::kInt));
   Tensor vals;
 
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "spike_cpu", [&] {
@@ -73,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
       }
     });
     for (int64_t c = 0; c < chunks; ++c) offs[c + 1] += offs[c];
-    vals = at::empty({offs[chunks]}, u.options());
+    vals = empty_output({offs[chunks]}, u.options());
     scalar_t* vp = vals.mutable_data_ptr<scalar_t>();
     // Pass 2: gather the in-band values, each chunk from its own offset.
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -97,7 +98,7 @@ Tensor band_grad_cpu(const Tensor& grad_in, const Tensor& bits_in, const Tensor&
   const int64_t n = grad.numel();
   const bool dense = bits.numel() == 0;
   const int64_t words = (n + 31) / 32;
-  Tensor out = compact ? at::empty({nnz}, grad.options()) : at::empty(grad.sizes(), grad.options());
+  Tensor out = compact ? empty_output({nnz}, grad.options()) : empty_output(grad.sizes(), grad.options());
   const Tensor expu = band_exp(vals, shape, p);
 
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "band_grad_cpu", [&] {

@@ -19,6 +19,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "common.h"
 #include "conv_geometry.h"
 #include "cpu/checks.h"
@@ -162,7 +163,7 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
       TORCH_CHECK(rr[k - 1] <= rr[k], op, ": `rows` must be ascending within each column (as ",
                   "nonzero_csc gives them), column ", i, " is not");
   if (g.weight_numel == 0 || rows.numel() == 0)
-    return at::zeros({g.C_out, g.cin_g, g.kH, g.kW}, delta_in.options());
+    return zeros_output({g.C_out, g.cin_g, g.kH, g.kW}, delta_in.options());
   bool cl;
   const Tensor delta = delta_arg(delta_in, cl);
   const int64_t threads = at::get_num_threads();
@@ -170,7 +171,7 @@ Tensor conv_dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Te
   const int64_t n_c = std::min(g.C_in, (threads + n_r - 1) / n_r);
   const int64_t tile_rows = std::max<int64_t>(1, kTileBytes / (g.out_sample * delta.element_size()));
   // acc[task's sample range, c, tap, o]: o innermost; summed and permuted at the end.
-  Tensor acc = at::zeros({n_r, g.groups, g.cin_g, g.kH, g.kW, g.cout_g}, delta.options());
+  Tensor acc = zeros_output({n_r, g.groups, g.cin_g, g.kH, g.kW, g.cout_g}, delta.options());
   const int64_t K = g.kH * g.kW;
   const Taps tt(g);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "conv_dw_spikes_cpu", [&] {
@@ -260,7 +261,7 @@ Tensor conv_dx_masked_cpu(const Tensor& delta_in, const Tensor& weight_in, const
   const int64_t words = g.in_numel / 32 + (g.in_numel % 32 != 0);
   TORCH_CHECK(bits_in.numel() == words, op, ": `bits` must have ceil(R*C_in*H*W/32) = ", words,
               " words, got ", bits_in.numel());
-  Tensor out = at::empty({g.R, g.C_in, g.H, g.W}, delta_in.options());
+  Tensor out = empty_output({g.R, g.C_in, g.H, g.W}, delta_in.options());
   if (g.in_numel == 0) return out;
   bool cl;
   const Tensor delta = delta_arg(delta_in, cl);
@@ -338,7 +339,7 @@ Tensor conv_fwd_events_cpu(const Tensor& x_in, const Tensor& weight_in,
   }
   // Channels-last: the layout the sums are formed in (no transpose), and the one in which
   // a following max pooling and the backward's kernels read it fastest.
-  Tensor out = at::empty({g.R, g.C_out, g.Ho, g.Wo},
+  Tensor out = empty_output({g.R, g.C_out, g.Ho, g.Wo},
                          x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   const Tensor x = x_in.contiguous();

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/band.h"
 #include "cpu/scan.h"
 
@@ -59,7 +60,7 @@ Tensor lif_fwd_cpu(const Tensor& cur_in, const Tensor& mem0_in, const Tensor& be
   check_reset(reset, "lif_fwd");
   const Tensor cur = cur_in.contiguous(), mem0 = mem0_in.contiguous(), beta = beta_in.contiguous(),
                theta = theta_in.contiguous();
-  Tensor out = at::empty({steps, M}, cur.options());
+  Tensor out = empty_output({steps, M}, cur.options());
   AT_DISPATCH_FLOATING_TYPES(cur.scalar_type(), "lif_fwd_cpu", [&] {
     auto run = [&](auto kernel) {
       for_each_block(M, [&](int64_t m0, int64_t m1) {
@@ -176,10 +177,10 @@ std::tuple<Tensor, Tensor> run_lif_bwd(const Tensor& like, const Tensor& beta_in
   const Tensor beta = beta_in.contiguous();
   const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
   const Tensor carry_c = carry.defined() ? carry.contiguous() : carry;
-  Tensor delta = at::empty({steps, M}, like.options());
+  Tensor delta = empty_output({steps, M}, like.options());
   // No step: U[0] does not reach the loss (a carry passes through unchanged).
-  if (steps == 0) return {delta, carry.defined() ? carry.clone() : at::zeros({M}, like.options())};
-  Tensor dmem0 = at::empty({M}, like.options());
+  if (steps == 0) return {delta, carry.defined() ? carry.clone() : zeros_output({M}, like.options())};
+  Tensor dmem0 = empty_output({M}, like.options());
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "lif_bwd_cpu", [&] {
     make_eps(scalar_t(0), [&](const auto& eps) {
       auto run = [&](auto kernel) {

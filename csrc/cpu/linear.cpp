@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "common.h"
 #include "cpu/checks.h"
 #include "cpu/sparse_args.h"
@@ -94,7 +95,7 @@ Tensor dw_spikes_cpu(const Tensor& delta_in, const Tensor& colptr, const Tensor&
   check_xvals(xvals_in, delta_in, rows.numel(), "dw_spikes", "delta");
   const Tensor delta = delta_in.contiguous(), cp = colptr.contiguous(), rw = rows.contiguous(),
                xvals = xvals_in.contiguous();
-  Tensor out = at::empty({n_in, n_out}, delta.options());
+  Tensor out = empty_output({n_in, n_out}, delta.options());
   // No outputs is no work: the row-tile walk below would otherwise step through all R
   // rows of a zero-width delta (R can be huge at no memory cost), as the CUDA op avoids.
   if (n_in == 0 || n_out == 0) return out;
@@ -183,8 +184,8 @@ Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
         TORCH_CHECK(rr[k - 1] < rr[k], "dw_trace: `rows` must be strictly increasing within each "
                     "column (column ", i, ")");
   }
-  if (R == 0 || n_in == 0 || n_out == 0) return at::zeros({n_in, n_out}, eps.options());
-  Tensor out = at::empty({n_in, n_out}, eps.options());
+  if (R == 0 || n_in == 0 || n_out == 0) return zeros_output({n_in, n_out}, eps.options());
+  Tensor out = empty_output({n_in, n_out}, eps.options());
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
     constexpr int64_t C = kTraceCols<scalar_t>;
     checked_mul(std::max(B, n_out), C, "dw_trace", "per-thread scratch");
@@ -241,7 +242,7 @@ Tensor dx_masked_cpu(const Tensor& delta_in, const Tensor& wt_in, const Tensor& 
   TORCH_CHECK(bits_in.numel() == (R * n_in + 31) / 32, "dx_masked: `bits` must have ceil(R*n_in/32) = ",
               (R * n_in + 31) / 32, " words, got ", bits_in.numel());
   const Tensor delta = delta_in.contiguous(), wt = wt_in.contiguous(), bits = bits_in.contiguous();
-  Tensor out = at::empty({R, n_in}, delta.options());
+  Tensor out = empty_output({R, n_in}, delta.options());
   if (R * n_in == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "dx_masked_cpu", [&] {
     at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
@@ -292,7 +293,7 @@ Tensor linear_fwd_events_cpu(const Tensor& x_in, const Tensor& wt_in, const std:
                 op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `x` (", x_in.scalar_type(),
                 "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
   }
-  Tensor out = at::empty({R, n_out}, x_in.options());
+  Tensor out = empty_output({R, n_out}, x_in.options());
   if (out.numel() == 0) return out;
   const Tensor x = x_in.contiguous(), wt = wt_in.contiguous();
   const Tensor bias = has_bias ? bias_in->contiguous() : Tensor();

@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/alloc.h"
 #include "cpu/checks.h"
 
 namespace snntorch_sparse {
@@ -45,7 +46,7 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
   // narrow type vectorises with float32 compares); then that pair's first slot in rows.
   std::vector<int32_t> counts(chunks * n_in, 0);
   std::vector<int64_t> slot(chunks * n_in);
-  Tensor colptr = at::empty({n_in + 1}, x.options().dtype(at::kLong));
+  Tensor colptr = empty_output({n_in + 1}, x.options().dtype(at::kLong));
   int64_t* cp = colptr.mutable_data_ptr<int64_t>();
   std::atomic<bool> not_binary{false};
   Tensor rows, xvals;
@@ -82,14 +83,14 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
     cp[n_in] = nnz;
     // Same expression as the reference (python float arithmetic in double).
     if (static_cast<double>(nnz) > max_density * static_cast<double>(numel)) {
-      colptr = at::empty({0}, colptr.options());
-      rows = at::empty({0}, x.options().dtype(at::kInt));
-      xvals = at::empty({0}, x.options());
+      colptr = empty_output({0}, colptr.options());
+      rows = empty_output({0}, x.options().dtype(at::kInt));
+      xvals = empty_output({0}, x.options());
       return;
     }
     const bool with_vals = not_binary.load();
-    rows = at::empty({nnz}, x.options().dtype(at::kInt));
-    xvals = at::empty({with_vals ? nnz : 0}, x.options());
+    rows = empty_output({nnz}, x.options().dtype(at::kInt));
+    xvals = empty_output({with_vals ? nnz : 0}, x.options());
     int32_t* rp = rows.mutable_data_ptr<int32_t>();
     scalar_t* vp = with_vals ? xvals.mutable_data_ptr<scalar_t>() : nullptr;
     if (nnz == 0) return;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "cpu/alloc.h"
 #include "cpu/scan.h"
 
 namespace snntorch_sparse {
@@ -65,8 +66,8 @@ std::tuple<Tensor, Tensor> syn_fwd_cpu(const Tensor& cur_in, const Tensor& syn0_
   const Tensor cur = cur_in.contiguous(), syn0 = syn0_in.contiguous(), mem0 = mem0_in.contiguous(),
                alpha = alpha_in.contiguous(), beta = beta_in.contiguous(),
                theta = theta_in.contiguous();
-  Tensor syn = at::empty({steps, M}, cur.options());
-  Tensor mem = at::empty({steps, M}, cur.options());
+  Tensor syn = empty_output({steps, M}, cur.options());
+  Tensor mem = empty_output({steps, M}, cur.options());
   AT_DISPATCH_FLOATING_TYPES(cur.scalar_type(), "syn_fwd_cpu", [&] {
     auto run = [&](auto kernel) {
       for_each_block(M, [&](int64_t m0, int64_t m1) {
@@ -155,9 +156,9 @@ std::tuple<Tensor, Tensor, Tensor> syn_bwd_cpu(const Tensor& eps_in, const Tenso
   const Tensor eps = eps_in.contiguous(), alpha = alpha_in.contiguous(), beta = beta_in.contiguous();
   const Tensor gsyn = has_gsyn ? gsyn_in.contiguous() : gsyn_in;
   const Tensor rbits = zero ? rbits_in.contiguous() : rbits_in;
-  Tensor dcur = at::empty({steps, M}, eps.options());
-  Tensor dsyn0 = at::zeros({M}, eps.options());  // no step: the initial state does not
-  Tensor dmem0 = at::zeros({M}, eps.options());  // reach the loss
+  Tensor dcur = empty_output({steps, M}, eps.options());
+  Tensor dsyn0 = zeros_output({M}, eps.options());  // no step: the initial state does not
+  Tensor dmem0 = zeros_output({M}, eps.options());  // reach the loss
   if (steps == 0) return {dcur, dsyn0, dmem0};
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "syn_bwd_cpu", [&] {
     auto run = [&](auto kernel) {
