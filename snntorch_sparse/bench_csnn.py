@@ -299,7 +299,8 @@ def conv_layer_bench(device, T=25, B=128, rhos=(0.01, 0.02, 0.05), repeats=5, se
     """Backward of one ``SpikingConv2d``, ``backward="sparse"`` vs ``"dense"``, on the same
     weights and input: spikes at rate ρ, tagged with an upstream band of the same share
     ρ (as a Leaky layer's output carries it). Times ``autograd.grad(out, [W, x], G)``
-    (∂W and ∂X, medians of ``repeats``); returns one row per (layer, ρ)."""
+    (∂W and ∂X of the layer alone: ``x`` is the tagged input itself, so no other node's
+    backward runs; medians of ``repeats``); returns one row per (layer, ρ)."""
     from ._fused import pack_bits, tag_band
     from .spiking_conv import SpikingConv2d
 
@@ -316,10 +317,10 @@ def conv_layer_bench(device, T=25, B=128, rhos=(0.01, 0.02, 0.05), repeats=5, se
                                       backward=backward).to(device)
                 with torch.no_grad():
                     layer.weight.mul_(4.0)  # some activity
-                x = x0.to(device).requires_grad_()
-                y = x * 1.0  # a fresh non-leaf output per call, tagged like a Leaky's
-                tag_band(y, pack_bits(band.to(device)), int(band.sum()))
-                out = layer(y)
+                # A fresh non-leaf tensor per layer, tagged like a Leaky's output.
+                x = x0.to(device).requires_grad_() * 1.0
+                tag_band(x, pack_bits(band.to(device)), int(band.sum()))
+                out = layer(x)
                 grad = torch.randn(out.shape, generator=g).to(device)
                 runs[backward] = (layer, x, out, grad)
             times = {"dense": [], "sparse": []}

@@ -80,6 +80,10 @@ inline int64_t taps_of(const ConvGeometry& g, const Taps& tt, int64_t y, int64_t
 // all its channels then read.
 constexpr int64_t kTileBytes = 512 << 10;
 
+// Output channels summed at a time in registers by conv_dx_rows (two AVX2 or one AVX-512
+// register of float32).
+constexpr int64_t kLanes = 16;
+
 // Sample r of delta channels-last ([Ho*Wo, C_out]): in place when delta is laid out so
 // (`cl`: the event-driven currents' gradient), else transposed into `scratch`.
 template <typename T>
@@ -225,13 +229,24 @@ SNN_VECTOR_CLONES void conv_dx_rows(const T* delta, bool cl, const T* weight_t, 
         const T* wc = weight_t + (c % g.cin_g) * K * g.C_out + grp * n;
         const T* dg = d_cl + grp * n;
         // Per-channel partial sums across the taps, reduced once: the tap loop is then
-        // plain vertical vector arithmetic.
-        std::fill(sums, sums + n, T(0));
-        for (int64_t t = 0; t < nt; ++t) {
-          const T* __restrict wv = wc + tap[t] * g.C_out;
-          const T* __restrict dv = dg + pos[t] * g.C_out;
-          T* __restrict sv = sums;
-          for (int64_t o = 0; o < n; ++o) sv[o] += dv[o] * wv[o];
+        // plain vertical vector arithmetic, kLanes channels at a time in registers.
+        for (int64_t o0 = 0; o0 < n; o0 += kLanes) {
+          if (n - o0 >= kLanes) {
+            T acc[kLanes] = {};
+            for (int64_t t = 0; t < nt; ++t) {
+              const T* __restrict wv = wc + tap[t] * g.C_out + o0;
+              const T* __restrict dv = dg + pos[t] * g.C_out + o0;
+              for (int64_t j = 0; j < kLanes; ++j) acc[j] += dv[j] * wv[j];
+            }
+            std::copy(acc, acc + kLanes, sums + o0);
+          } else {
+            std::fill(sums + o0, sums + n, T(0));
+            for (int64_t t = 0; t < nt; ++t) {
+              const T* __restrict wv = wc + tap[t] * g.C_out;
+              const T* __restrict dv = dg + pos[t] * g.C_out;
+              for (int64_t o = o0; o < n; ++o) sums[o] += dv[o] * wv[o];
+            }
+          }
         }
         T s = 0;
         for (int64_t o = 0; o < n; ++o) s += sums[o];
