@@ -37,6 +37,8 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int n_in) -> Tensor");
   // Weight gradient (transposed) from the active output set and input traces.
   m.def("dw_trace(Tensor rowptr, Tensor cols, Tensor eps_vals, Tensor colptr, Tensor rows, Tensor xvals, float beta, int T, int B, int n_out) -> Tensor");
+  // dw_trace for a dense input x [T*B, n_in] (the same trace, read from x).
+  m.def("dw_trace_dense(Tensor rowptr, Tensor cols, Tensor eps_vals, Tensor x, float beta, int T, int B, int n_out) -> Tensor");
   // Input gradient only where the upstream layer's band bit is set.
   m.def("dx_masked(Tensor delta, Tensor weight_t, Tensor bits) -> Tensor");
   // Event-driven fully connected forward: x [R, n_in] times weight_t [n_in, n_out] (+ bias)

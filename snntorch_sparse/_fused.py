@@ -469,18 +469,34 @@ def _active_csr(bits, nnz, R, n_out):
     return rowptr, cols
 
 
+#: How many times faster per multiply-add the library's GEMM forms ∂W than the trace form
+#: (``dw_trace_dense``) on the 2-core CPU of docs/benchmarks.md (measured ~7× at the Open
+#: Neuromorphic shape); with a dense input the trace form is chosen when its multiply-adds,
+#: ``nnz(ε)·n_in``, are fewer than the GEMM's ``T·B·n_in·n_out`` by more than this.
+DENSE_DW_SPEEDUP = 8
+
+
+def _dense_trace_pays(nnz_act, T, B, n_out):
+    """Whether ∂W of a dense input is cheaper by the trace form (see DENSE_DW_SPEEDUP)."""
+    return DENSE_DW_SPEEDUP * nnz_act < T * B * n_out
+
+
 def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n_out,
                grad_mem):
-    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear).
+    """The weight-gradient form with the smallest multiply-add count (see SpikingLinear):
+    for a compact input its nonzeros ("spikes") or the trace form, for a dense one the
+    trace form (``dw_trace_dense``) or the library's GEMM ("dense").
 
-    The trace form is chosen by itself only for a binary input: it reads an input value
-    only where an output is active, so a NaN/Inf elsewhere in a graded input would vanish
-    from ∂W, where the other forms propagate it.
+    The trace form is chosen by itself only for a binary compact input: it reads an input
+    value only where an output is active, so a NaN/Inf elsewhere in a graded input would
+    vanish from ∂W, where the other forms propagate it (a dense input is offered the trace
+    form only when it is finite: ``trace_beta`` is None otherwise).
     """
-    if not x_compact:
-        return "dense"
     trace_ok = (trace_beta is not None and grad_mem is None and not cfg.readout
                 and cfg.neuron.banded)
+    if not x_compact:  # the trace form, or the library's GEMM
+        pays = cfg.dw_form is None and _dense_trace_pays(nnz_act, T, B, n_out)
+        return "trace" if trace_ok and (cfg.dw_form == "trace" or pays) else "dense"
     if cfg.dw_form == "trace" and not trace_ok:
         raise RuntimeError("dw_form='trace' needs a scalar fixed β, reset subtract/none, "
                            "a finite band and no gradient into the membrane")
@@ -612,10 +628,17 @@ class _SpikingLinear(torch.autograd.Function):
         csc_saved = [t for c in cscs for t in (c or (None, None, None))] if ctx.x_compact else []
         # The trace form needs β as a python float: read it here (a sync, forward only).
         # It walks the input trace from t = 0, so it runs on an unchunked sequence only.
-        eligible = (cfg.sparse and not cfg.readout and nrn.banded and beta.numel() == 1
-                    and not beta.requires_grad and nrn.reset in (SUBTRACT, NONE)
-                    and len(bounds) == 1)
-        ctx.trace_beta = float(beta) if eligible and ctx.x_compact else None
+        # A dense input must be finite for it: its trace carries a NaN/Inf only into the
+        # outputs active later, which a NaN input silences, so ∂W would hide it where the
+        # dense form propagates it (one more sync).
+        eligible = (need_w and eager and cfg.sparse and not cfg.readout and nrn.banded
+                    and beta.numel() == 1 and not beta.requires_grad
+                    and nrn.reset in (SUBTRACT, NONE) and len(bounds) == 1)
+        if eligible and not ctx.x_compact:
+            n_band = sum(v.numel() for v in valss)
+            eligible = ((cfg.dw_form == "trace" or _dense_trace_pays(n_band, T, B, n_out))
+                        and bool(torch.isfinite(x).all()))
+        ctx.trace_beta = float(beta) if eligible else None
         rbits = _cat(rbitss) if keep_rbits else _empty_bits(x.device)
         ctx.keep_mem = keep_mem
         if not keep_mem:
@@ -702,8 +725,11 @@ class _SpikingLinear(torch.autograd.Function):
                     rowptr, cols = _active_csr(c_bits, c_vals.numel(), r1 - r0, n_out)
                     eps_vals = ops.band_grad(g_spk, c_bits, c_vals, nrn.shape, nrn.p,
                                              nrn.gamma, True)
-                    g_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
-                                       ctx.trace_beta, t1 - t0, B, n_out).t()
+                    g_w = (ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
+                                        ctx.trace_beta, t1 - t0, B, n_out) if ctx.x_compact
+                           else ops.dw_trace_dense(rowptr, cols, eps_vals,
+                                                   x.reshape(T * B, n_in), ctx.trace_beta,
+                                                   T, B, n_out)).t()
                 d_w = add(d_w, g_w)
                 if report:
                     cfg.report["dw"] = form

@@ -195,7 +195,7 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "lif_bwd_band", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dx_masked", "linear_fwd_events", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
+       "dw_trace_dense", "dx_masked", "linear_fwd_events", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
        "syn_bwd")
 
 
@@ -290,6 +290,10 @@ def _register_fakes():
     @fake("dw_trace")
     def _(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
         return eps_vals.new_empty(colptr.shape[0] - 1, n_out)
+
+    @fake("dw_trace_dense")
+    def _(rowptr, cols, eps_vals, x, beta, T, B, n_out):
+        return eps_vals.new_empty(x.shape[1], n_out)
 
     @fake("dx_masked")
     def _(delta, weight_t, bits):

@@ -236,7 +236,8 @@ def dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
     Active set as CSR over rows ``r = t·B + b`` (``rowptr [T·B+1]``, ``cols``,
     ``eps_vals``); the input as CSC (as in :func:`dw_spikes`). The trace is the
     scalar-β filtered input ``trace[t] = β·trace[t−1] + X[t]``; it is never stored.
-    Valid for scalar β with reset subtract/none and no direct membrane gradient.
+    Valid for scalar β with reset subtract/none and no direct membrane gradient: then
+    ``Δ[t] = Σ_{s≥t} β^{s−t} ε[s]``, so ``Σ_t Δ[t]ᵀX[t] = Σ_s ε[s]ᵀ trace[s]``.
     """
     n_in = colptr.numel() - 1
     x = torch.zeros(T * B, n_in, dtype=eps_vals.dtype, device=eps_vals.device)
@@ -244,13 +245,20 @@ def dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
         torch.arange(n_in, device=x.device), colptr[1:] - colptr[:-1]
     )
     x[rows.long(), col] = xvals if xvals.numel() else 1
-    x = x.view(T, B, n_in)
+    return dw_trace_dense(rowptr, cols, eps_vals, x, beta, T, B, n_out)
+
+
+def dw_trace_dense(rowptr, cols, eps_vals, x, beta, T, B, n_out):
+    """Op ``dw_trace_dense``: :func:`dw_trace` for a dense input ``x [T·B, n_in]`` — the
+    weight gradient in ``≈ nnz(ε)·n_in`` multiply-adds instead of the dense
+    ``T·B·n_in·n_out``, when few outputs are active."""
+    x = x.view(T, B, -1)
     trace = torch.empty_like(x)
     acc = torch.zeros_like(x[0])
     for t in range(T):
         acc = beta * acc + x[t]
         trace[t] = acc
-    trace = trace.view(T * B, n_in)
+    trace = trace.view(T * B, -1)
     row = torch.repeat_interleave(
         torch.arange(T * B, device=x.device), rowptr[1:] - rowptr[:-1]
     )

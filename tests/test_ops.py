@@ -383,6 +383,38 @@ def test_dw_trace(device, gen, dtype, T, B, n_in, n_out, beta, x_density, eps_de
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,B,n_in,n_out,beta",
+                         [(1, 1, 1, 1, 0.9), (5, 3, 40, 7, 0.0), (20, 4, 70, 33, 0.95),
+                          (30, 2, 100, 50, 1.0)])
+@pytest.mark.parametrize("eps_density", [0.0, 0.02, 0.3, 1.0])
+def test_dw_trace_dense(device, gen, dtype, T, B, n_in, n_out, beta, eps_density):
+    R = T * B
+    x = randn((R, n_in), gen, dtype)
+    rowptr, cols, eps_vals = csr(mask((R, n_out), eps_density, gen), randn((R, n_out), gen, dtype))
+    out, exp = run("dw_trace_dense", device, rowptr, cols, eps_vals, x, beta, T, B, n_out)
+    magnitude = ref.dw_trace_dense(rowptr, cols, eps_vals.abs(), x.abs(), beta, T, B, n_out)
+    assert_sum(out, exp, magnitude)
+
+
+@pytest.mark.parametrize("valued", [False, True], ids=["binary", "valued"])
+def test_dw_trace_dense_equals_dw_trace_of_its_nonzeros(device, gen, valued):
+    """The same trace read from a dense input or from its CSC: the kernels' updates
+    ``β·trace + x`` and ``β·trace`` (+ x at a nonzero) agree bit for bit."""
+    T, B, n_in, n_out = 25, 3, 70, 40
+    colptr, rows, xvals = csc(mask((T * B, n_in), 0.1, gen), gen, torch.float64, valued)
+    x = torch.zeros(T * B, n_in, dtype=torch.float64)
+    col = torch.repeat_interleave(torch.arange(n_in), colptr[1:] - colptr[:-1])
+    x[rows.long(), col] = xvals if xvals.numel() else 1.0
+    rowptr, cols, eps_vals = csr(mask((T * B, n_out), 0.1, gen),
+                                 randn((T * B, n_out), gen, torch.float64))
+    dense = ops.dw_trace_dense(*[a.to(device) if isinstance(a, torch.Tensor) else a
+                                             for a in (rowptr, cols, eps_vals, x, 0.9, T, B, n_out)])
+    sparse = ops.dw_trace(*[a.to(device) if isinstance(a, torch.Tensor) else a
+                            for a in (rowptr, cols, eps_vals, colptr, rows, xvals, 0.9, T, B, n_out)])
+    assert torch.equal(dense, sparse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R,n_in,n_out", [(1, 1, 1), (3, 5, 7), (10, 33, 20), (50, 70, 40)])
 @pytest.mark.parametrize("density", DENSITIES)
 def test_dx_masked(device, gen, dtype, R, n_in, n_out, density):
@@ -429,6 +461,8 @@ def opcheck_cases(gen):
                                           1.0, ref.ZERO)),
         "dw_spikes": ("dw_spikes", (randn((T * B, n_out), gen, f64), colptr, rows, xvals, n_in)),
         "dw_trace": ("dw_trace", (rowptr, cols, eps_vals, colptr, rows, xvals, 0.9, T, B, n_out)),
+        "dw_trace_dense": ("dw_trace_dense", (rowptr, cols, eps_vals, randn((T * B, n_in), gen, f64),
+                                              0.9, T, B, n_out)),
         "dx_masked": ("dx_masked", (randn((T * B, n_out), gen, f64), randn((n_in, n_out), gen, f64),
                                     ref.pack_bits(mask((T * B, n_in), 0.2, gen)))),
     }
@@ -436,7 +470,7 @@ def opcheck_cases(gen):
 
 @pytest.mark.parametrize("case", ["spike", "spike_dense", "band_grad", "band_grad_compact",
                                   "lif_fwd", "lif_bwd", "lif_bwd_band", "dw_spikes", "dw_trace",
-                                  "dx_masked"])
+                                  "dw_trace_dense", "dx_masked"])
 def test_opcheck(device, gen, case):
     op, args = opcheck_cases(gen)[case]
     args = tuple(a.detach().to(device).requires_grad_(a.requires_grad)
@@ -504,6 +538,13 @@ def bad_call_cases():
          "rowptr"),
         ("dw_trace", (colptr, rows, torch.zeros(2, dtype=f64), colptr, rows, e, 0.9, 1, 2, 5),
          "rows"),  # rows must lie in [0, T*B)
+        ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:1], 0.9, 1, 2, 5), "x"),
+        ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:2].float(), 0.9, 1, 2,
+                            5), "x"),
+        ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:2], 0.9, 1, 2, 3),
+         "cols"),
+        ("dw_trace_dense", (colptr, rows, torch.zeros(3, dtype=f64), cur[:2], 0.9, 1, 2, 5),
+         "eps_vals"),
         ("dx_masked", (cur, torch.zeros(3, 5, dtype=f64), torch.zeros(2, dtype=i32)), "bits"),
         ("dx_masked", (cur, torch.zeros(3, 4, dtype=f64), torch.zeros(1, dtype=i32)), "weight_t"),
         ("dx_masked", (cur, torch.zeros(3, 5, dtype=torch.float32), torch.zeros(1, dtype=i32)),

@@ -311,6 +311,22 @@ def test_dw_trace_contended_atomics(dtype):
                  binary=False, seed=500)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("B", [20, 300])
+def test_dw_trace_dense(dtype, B):
+    g = gen(600 + B)
+    T, n_in, n_out = 30, 40, 50
+    R = T * B
+    rowptr, cols = csr(torch.rand(R, n_out, generator=g) < 0.1)
+    eps, eps64 = randn(cols.numel(), dtype=dtype, g=g)
+    x, x64 = randn((R, n_in), dtype=dtype, g=g)
+    out = call("dw_trace_dense", rowptr.cuda(), cols.cuda(), eps, x, 0.9, T, B, n_out)
+    want = ref.dw_trace_dense(rowptr, cols, eps64, x64, 0.9, T, B, n_out)
+    scale = ref.dw_trace_dense(rowptr, cols, eps64.abs(), x64.abs(), 0.9, T, B, n_out)
+    assert out.dtype == dtype and out.shape == (n_in, n_out)
+    check(out, want, dtype, terms=2 * T + 2 * R, scale=scale)
+
+
 # ----------------------------------------------------------------------- dx_masked
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("R, n_in, n_out", [(96, 150, 100), (40, 70, 13000)],

@@ -137,16 +137,19 @@ def test_weight_gradient_forms(form, reset, level, values):
 
 
 def _expected_form(layer, x, out):
-    """The documented rule: dense storage above 25 % nonzeros; else the smaller of
-    nnz(X)·out (spikes) and in·(T·B + nnz(band)) (trace, when valid)."""
+    """The documented rule: above 25 % nonzeros the input stays dense, and ∂W is the trace
+    form when valid (and the input finite) with 8·nnz(band) < T·B·out, else the GEMM;
+    below, the smaller of nnz(X)·out (spikes) and in·(T·B + nnz(band)) (trace, when valid
+    and the input binary)."""
     nnz_x = int((x != 0).sum())
-    if nnz_x > 0.25 * x.numel():
-        return "dense"
     mem = _membrane(layer, x)
     nnz_band = int(((mem - layer.threshold).abs() < layer.b_th).sum())
     t, b, n_in = x.shape
-    trace_ok = (layer.beta.numel() == 1 and layer.reset_mechanism != "zero"
-                and bool(((x == 0) | (x == 1)).all()))
+    valid = layer.beta.numel() == 1 and layer.reset_mechanism != "zero"
+    if nnz_x > 0.25 * x.numel():
+        pays = 8 * nnz_band < t * b * layer.out_features
+        return "trace" if valid and bool(x.isfinite().all()) and pays else "dense"
+    trace_ok = valid and bool(((x == 0) | (x == 1)).all())
     cost_trace = n_in * (t * b + nnz_band)
     return "trace" if trace_ok and cost_trace < nnz_x * layer.out_features else "spikes"
 
@@ -154,7 +157,8 @@ def _expected_form(layer, x, out):
 @pytest.mark.parametrize("rate,n_out,per_neuron,expect", [
     (0.2, 100, False, "trace"),     # dense-ish input, few active outputs
     (0.004, 100, False, "spikes"),  # very sparse input
-    (0.5, 20, False, "dense"),      # too dense to keep compact
+    (0.5, 20, False, "trace"),      # too dense to keep compact: trace form of a dense input
+    (0.5, 20, True, "dense"),       # ... unless the trace form is invalid: the GEMM
     (0.2, 100, True, "spikes"),     # per-neuron β: no trace form
 ])
 def test_weight_gradient_form_choice(rate, n_out, per_neuron, expect):
@@ -166,6 +170,23 @@ def test_weight_gradient_form_choice(rate, n_out, per_neuron, expect):
     ref = _reference(layer, x)
     _assert_grads(*_grads(out, ref, [layer.weight]))
     assert layer._report["dw"] == expect
+
+
+@pytest.mark.parametrize("form", [None, "trace"])
+@pytest.mark.parametrize("reset", ["subtract", "none"])
+@pytest.mark.parametrize("level", ["0%", "2%", "30%"])
+def test_trace_form_of_a_dense_input(form, reset, level):
+    """A dense graded input (the Open Neuromorphic benchmark's randn): ∂W by the trace
+    form (``dw_trace_dense``) equals the reference's; chosen by itself when few outputs
+    are in the band."""
+    layer = _layer(level, reset_mechanism=reset, beta=0.85, bias=True)
+    layer._dw_form = form
+    x = _grid(torch.randn(T, B, N_IN, dtype=DT), 2**-6)
+    out = layer(x)
+    ref = _reference(layer, x)
+    assert torch.equal(out, ref)
+    _assert_grads(*_grads(out, ref, [layer.weight, layer.bias]))
+    assert layer._report["dw"] == (form or _expected_form(layer, x, out))
 
 
 def test_trace_form_refused_where_invalid():

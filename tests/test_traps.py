@@ -233,6 +233,22 @@ def test_weight_gradient_form_keeps_non_finite_input_visible(bad):
     assert grads[None][:, 7].isnan().all()
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_dense_input_with_a_non_finite_value_keeps_the_gemm(bad):
+    """A dense input is offered the trace form only when finite: with one NaN/Inf the
+    GEMM forms ∂W and shows it in the input's whole column, as without the trace form."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 4, 30, dtype=F64)
+    x[3, 1, 7] = bad
+    layer = snn.SpikingLinear(30, 100, beta=0.9, threshold=0.3, b_th=0.05, dtype=F64)
+    layer(x).sum().backward()
+    assert layer._report["dw"] == "dense"
+    assert layer.weight.grad[:, 7].isnan().all()
+    layer.weight.grad = None
+    layer(x.nan_to_num()).sum().backward()  # the same input, finite: the trace form
+    assert layer._report["dw"] == "trace"
+
+
 def test_trace_form_still_serves_binary_input():
     torch.manual_seed(0)
     layer = snn.SpikingLinear(30, 100, beta=0.9, threshold=0.3, b_th=0.05, dtype=F64)

@@ -122,25 +122,25 @@ inline void axpy(T* __restrict a, const T* __restrict x, T e) {
   for (int64_t c = 0; c < N; ++c) a[c] += e * x[c];
 }
 
-// Output rows [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
-// block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= out[i, j]).
-// `trace` (B*C) and `acc` (n_out*C) are scratch; rows are sorted within each column.
+// The input of dw_trace, as CSC (rows sorted within each column): per step the block's
+// traces decay, then the step's nonzeros add (a zero adds nothing, so this equals the
+// dense update below bit for bit).
 template <typename T>
-SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols, const T* eps,
-                                      const int64_t* colptr, const int32_t* rows, const T* xvals,
-                                      T beta, int64_t steps, int64_t B, int64_t n_out, int64_t n_in,
-                                      int64_t i0, T* out, T* trace, T* acc) {
-  constexpr int64_t C = kTraceCols<T>;
-  std::fill(trace, trace + B * C, T(0));
-  std::fill(acc, acc + n_out * C, T(0));
-  int64_t ptr[C], end[C];
-  for (int64_t c = 0; c < C; ++c) {
-    const bool in = i0 + c < n_in;
-    ptr[c] = in ? colptr[i0 + c] : 0;
-    end[c] = in ? colptr[i0 + c + 1] : 0;
+struct CscInput {
+  const int64_t* colptr;
+  const int32_t* rows;
+  const T* xvals;  // nullptr: all ones
+  int64_t ptr[kTraceCols<T>], end[kTraceCols<T>];
+
+  void begin(int64_t i0, int64_t n_in) {
+    for (int64_t c = 0; c < kTraceCols<T>; ++c) {
+      const bool in = i0 + c < n_in;
+      ptr[c] = in ? colptr[i0 + c] : 0;
+      end[c] = in ? colptr[i0 + c + 1] : 0;
+    }
   }
-  for (int64_t t = 0; t < steps; ++t) {
-    // trace[t] = beta * trace[t-1] + X[t]; X[t] is sparse, so decay all, then add.
+  void step(int64_t t, int64_t B, T beta, T* trace) {
+    constexpr int64_t C = kTraceCols<T>;
     for (int64_t k = 0; k < B * C; ++k) trace[k] = beta * trace[k];
     const int64_t r_end = (t + 1) * B;
     for (int64_t c = 0; c < C; ++c) {
@@ -148,6 +148,41 @@ SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols
       for (; ptr[c] < end[c] && rows[ptr[c]] < r_end; ++ptr[c])
         trace[(rows[ptr[c]] - t * B) * C + c] += xvals ? xvals[ptr[c]] : T(1);
     }
+  }
+};
+
+// The input of dw_trace_dense, [T*B, n_in] row-major: trace = beta * trace + x.
+template <typename T>
+struct DenseInput {
+  const T* x;
+  int64_t n_in, i0 = 0, width = 0;
+
+  void begin(int64_t first, int64_t n) {
+    i0 = first;
+    width = std::min(kTraceCols<T>, n - first);  // columns past n_in keep a zero trace
+  }
+  void step(int64_t t, int64_t B, T beta, T* trace) {
+    for (int64_t b = 0; b < B; ++b) {
+      T* __restrict tr = trace + b * kTraceCols<T>;
+      const T* __restrict xr = x + (t * B + b) * n_in + i0;
+      for (int64_t c = 0; c < width; ++c) tr[c] = beta * tr[c] + xr[c];
+    }
+  }
+};
+
+// Output rows [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
+// block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= out[i, j]).
+// `trace` (B*C) and `acc` (n_out*C) are scratch.
+template <typename T, typename Input>
+SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols, const T* eps,
+                                      Input input, T beta, int64_t steps, int64_t B, int64_t n_out,
+                                      int64_t n_in, int64_t i0, T* out, T* trace, T* acc) {
+  constexpr int64_t C = kTraceCols<T>;
+  std::fill(trace, trace + B * C, T(0));
+  std::fill(acc, acc + n_out * C, T(0));
+  input.begin(i0, n_in);
+  for (int64_t t = 0; t < steps; ++t) {
+    input.step(t, B, beta, trace);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t r = t * B + b;
       const T* tr = trace + b * C;
@@ -158,24 +193,53 @@ SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols
     for (int64_t j = 0; j < n_out; ++j) out[(i0 + c) * n_out + j] = acc[j * C + c];
 }
 
+// The active set (CSR over T*B rows, eps_vals) of dw_trace and dw_trace_dense.
+void check_active(const Tensor& rowptr, const Tensor& cols, const Tensor& eps, int64_t T, int64_t B,
+                  int64_t n_out, const char* op) {
+  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, op, ": `T`, `B` and `n_out` must be >= 0, got ", T,
+              ", ", B, ", ", n_out);
+  check_float(eps, op, "eps_vals");
+  TORCH_CHECK(eps.dim() == 1 && eps.numel() == cols.numel(), op,
+              ": `eps_vals` must be 1-D with one value per entry of `cols` (", cols.numel(),
+              "), got shape ", eps.sizes());
+  check_compressed(rowptr, cols, checked_mul(T, B, op, "T*B"), n_out, op, "rowptr", "cols");
+}
+
+// dWᵀ [n_in, n_out] by dw_trace_block over blocks of kTraceCols input columns;
+// make_input(scalar_t tag) gives each block's input reader.
+template <typename MakeInput>
+Tensor run_dw_trace(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in, double beta,
+                    int64_t T, int64_t B, int64_t n_in, int64_t n_out, const char* op,
+                    MakeInput make_input) {
+  const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous();
+  if (T * B == 0 || n_in == 0 || n_out == 0) return zeros_output({n_in, n_out}, eps.options());
+  Tensor out = empty_output({n_in, n_out}, eps.options());
+  AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
+    constexpr int64_t C = kTraceCols<scalar_t>;
+    checked_mul(std::max(B, n_out), C, op, "per-thread scratch");
+    at::parallel_for(0, (n_in + C - 1) / C, 1, [&](int64_t k0, int64_t k1) {
+      std::vector<scalar_t> trace(B * C), acc(n_out * C);  // per thread, reused across blocks
+      for (int64_t k = k0; k < k1; ++k)
+        dw_trace_block<scalar_t>(rp.const_data_ptr<int64_t>(), cl.const_data_ptr<int32_t>(),
+                                 eps.const_data_ptr<scalar_t>(), make_input(scalar_t(0)),
+                                 static_cast<scalar_t>(beta), T, B, n_out, n_in, k * C,
+                                 out.mutable_data_ptr<scalar_t>(), trace.data(), acc.data());
+    });
+  });
+  return out;
+}
+
 Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in, const Tensor& colptr,
                     const Tensor& rows, const Tensor& xvals_in, double beta, int64_t T, int64_t B,
                     int64_t n_out) {
-  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, "dw_trace: `T`, `B` and `n_out` must be >= 0, got ", T,
-              ", ", B, ", ", n_out);
-  check_float(eps_in, "dw_trace", "eps_vals");
-  TORCH_CHECK(eps_in.dim() == 1 && eps_in.numel() == cols.numel(),
-              "dw_trace: `eps_vals` must be 1-D with one value per entry of `cols` (", cols.numel(),
-              "), got shape ", eps_in.sizes());
-  const int64_t R = checked_mul(T, B, "dw_trace", "T*B");
-  check_compressed(rowptr, cols, R, n_out, "dw_trace", "rowptr", "cols");
+  check_active(rowptr, cols, eps_in, T, B, n_out, "dw_trace");
+  const int64_t R = T * B;
   TORCH_CHECK(colptr.dim() == 1 && colptr.numel() >= 1,
               "dw_trace: `colptr` must be 1-D with n_in + 1 entries, got shape ", colptr.sizes());
   const int64_t n_in = colptr.numel() - 1;
   check_compressed(colptr, rows, n_in, R, "dw_trace", "colptr", "rows");
   check_xvals(xvals_in, eps_in, rows.numel(), "dw_trace", "eps_vals");
-  const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous(),
-               cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
+  const Tensor cp = colptr.contiguous(), rw = rows.contiguous(), xvals = xvals_in.contiguous();
   {  // the trace walk advances one pointer per column with t
     const int64_t* pp = cp.const_data_ptr<int64_t>();
     const int32_t* rr = rw.const_data_ptr<int32_t>();
@@ -184,23 +248,28 @@ Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
         TORCH_CHECK(rr[k - 1] < rr[k], "dw_trace: `rows` must be strictly increasing within each "
                     "column (column ", i, ")");
   }
-  if (R == 0 || n_in == 0 || n_out == 0) return zeros_output({n_in, n_out}, eps.options());
-  Tensor out = empty_output({n_in, n_out}, eps.options());
-  AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
-    constexpr int64_t C = kTraceCols<scalar_t>;
-    checked_mul(std::max(B, n_out), C, "dw_trace", "per-thread scratch");
-    at::parallel_for(0, (n_in + C - 1) / C, 1, [&](int64_t k0, int64_t k1) {
-      std::vector<scalar_t> trace(B * C), acc(n_out * C);  // per thread, reused across blocks
-      for (int64_t k = k0; k < k1; ++k)
-        dw_trace_block<scalar_t>(rp.const_data_ptr<int64_t>(), cl.const_data_ptr<int32_t>(),
-                                 eps.const_data_ptr<scalar_t>(), cp.const_data_ptr<int64_t>(),
-                                 rw.const_data_ptr<int32_t>(),
-                                 xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
-                                 static_cast<scalar_t>(beta), T, B, n_out, n_in, k * C,
-                                 out.mutable_data_ptr<scalar_t>(), trace.data(), acc.data());
-    });
+  return run_dw_trace(rowptr, cols, eps_in, beta, T, B, n_in, n_out, "dw_trace", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    return CscInput<scalar_t>{cp.const_data_ptr<int64_t>(), rw.const_data_ptr<int32_t>(),
+                              xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr, {}, {}};
   });
-  return out;
+}
+
+Tensor dw_trace_dense_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in,
+                          const Tensor& x_in, double beta, int64_t T, int64_t B, int64_t n_out) {
+  constexpr const char* op = "dw_trace_dense";
+  check_active(rowptr, cols, eps_in, T, B, n_out, op);
+  check_float(x_in, op, "x");
+  TORCH_CHECK(x_in.scalar_type() == eps_in.scalar_type(), op, ": `x` must have the dtype of `eps_vals` (",
+              eps_in.scalar_type(), "), got ", x_in.scalar_type());
+  TORCH_CHECK(x_in.dim() == 2 && x_in.size(0) == T * B, op, ": `x` must be [T*B, n_in] with T*B = ",
+              T * B, ", got shape ", x_in.sizes());
+  const Tensor x = x_in.contiguous();
+  const int64_t n_in = x.size(1);
+  return run_dw_trace(rowptr, cols, eps_in, beta, T, B, n_in, n_out, op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    return DenseInput<scalar_t>{x.const_data_ptr<scalar_t>(), n_in};
+  });
 }
 
 // Rows [r0, r1) of dx_masked: a dot product per set bit, zeros elsewhere.
@@ -310,6 +379,7 @@ Tensor linear_fwd_events_cpu(const Tensor& x_in, const Tensor& wt_in, const std:
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("dw_spikes", &dw_spikes_cpu);
   m.impl("dw_trace", &dw_trace_cpu);
+  m.impl("dw_trace_dense", &dw_trace_dense_cpu);
   m.impl("dx_masked", &dx_masked_cpu);
   m.impl("linear_fwd_events", &linear_fwd_events_cpu);
 }

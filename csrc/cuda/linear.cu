@@ -1,5 +1,5 @@
-// CUDA kernels of the fully connected layer's sparse gradients, `dw_spikes`, `dw_trace` and
-// `dx_masked`, and of its event-driven forward, `linear_fwd_events` (math: the functions of
+// CUDA kernels of the fully connected layer's sparse gradients, `dw_spikes`, `dw_trace`
+// (and `dw_trace_dense`) and `dx_masked`, and of its event-driven forward, `linear_fwd_events` (math: the functions of
 // the same names in snntorch_sparse/reference.py).
 // Rows of delta/eps are r = t*B + b; sparse inputs are CSC over [R, n_in] (by input neuron),
 // the active set of dw_trace is CSR over [R, n_out]. Indices outside their range are skipped
@@ -72,34 +72,66 @@ __device__ __forceinline__ int64_t lower_bound(const int64_t* keys, int64_t lo, 
   return lo;
 }
 
+// The input of dw_trace as a thread reads it, x[t, b, i] step by step: the CSC nonzeros
+// sorted by trace_keys_kernel's key (xs == nullptr: all ones)...
+template <typename scalar_t>
+struct SortedCscReader {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t* colptr;
+  const int64_t* keys;
+  const scalar_t* xs;
+  int64_t T, B, nnz;
+  int64_t k = 0, hi = 0, first_key = 0;
+
+  __device__ void begin(int64_t i, int64_t b) {
+    int64_t lo;
+    clamp_range(colptr, i, nnz, lo, hi);
+    first_key = i * (T * B + 1) + b * T;  // key of (i, b, t = 0)
+    k = lower_bound(keys, lo, hi, first_key);
+  }
+  __device__ opmath_t value(int64_t t) {
+    opmath_t x = opmath_t(0);
+    // A repeated (r, i) overwrites, as the reference's dense assignment does.
+    for (; k < hi && keys[k] == first_key + t; ++k) {
+      x = xs != nullptr ? static_cast<opmath_t>(xs[k]) : opmath_t(1);
+    }
+    return x;
+  }
+};
+
+// ... or the dense input [T*B, n_in] of dw_trace_dense.
+template <typename scalar_t>
+struct DenseReader {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* x;
+  int64_t B, n_in;
+  int64_t i = 0, b = 0;
+
+  __device__ void begin(int64_t i_, int64_t b_) {
+    i = i_;
+    b = b_;
+  }
+  __device__ opmath_t value(int64_t t) { return static_cast<opmath_t>(x[(t * B + b) * n_in + i]); }
+};
+
 // Block i (input neuron), thread b (batch element) walks t with trace = beta*trace + x[t, b, i]
 // and adds eps*trace to acc[i, j] for every active (r = t*B + b, j). Threads of a block may
 // hit the same acc[i, j], hence atomics (on a float/double accumulator).
-// keys/xs: the CSC nonzeros sorted by trace_keys_kernel's key (xs == nullptr: all ones).
-template <typename scalar_t>
+template <typename scalar_t, typename Reader>
 __global__ void dw_trace_kernel(const int64_t* __restrict__ rowptr,
                                 const int32_t* __restrict__ cols,
-                                const scalar_t* __restrict__ eps_vals,
-                                const int64_t* __restrict__ colptr,
-                                const int64_t* __restrict__ keys, const scalar_t* __restrict__ xs,
+                                const scalar_t* __restrict__ eps_vals, Reader reader,
                                 at::opmath_type<scalar_t> beta,
                                 at::opmath_type<scalar_t>* __restrict__ acc, int64_t T, int64_t B,
-                                int64_t n_out, int64_t nnz_x, int64_t nnz_a) {
+                                int64_t n_out, int64_t nnz_a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t i = blockIdx.x;
-  int64_t lo, hi;
-  clamp_range(colptr, i, nnz_x, lo, hi);
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-    const int64_t first_key = i * (T * B + 1) + b * T;  // key of (i, b, t = 0)
-    int64_t k = lower_bound(keys, lo, hi, first_key);
+    Reader x = reader;
+    x.begin(i, b);
     opmath_t trace = opmath_t(0);
     for (int64_t t = 0; t < T; ++t) {
-      opmath_t x = opmath_t(0);
-      // A repeated (r, i) overwrites, as the reference's dense assignment does.
-      for (; k < hi && keys[k] == first_key + t; ++k) {
-        x = xs != nullptr ? static_cast<opmath_t>(xs[k]) : opmath_t(1);
-      }
-      trace = beta * trace + x;
+      trace = beta * trace + x.value(t);
       int64_t qlo, qhi;
       clamp_range(rowptr, t * B + b, nnz_a, qlo, qhi);
       for (int64_t q = qlo; q < qhi; ++q) {
@@ -217,15 +249,55 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
     const at::Tensor xs = x.xvals.numel() ? x.xvals.index_select(0, perm) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps_vals.scalar_type(), "dw_trace", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
-      dw_trace_kernel<scalar_t><<<block_per_item(x.n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
-          rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(),
+      const SortedCscReader<scalar_t> reader{
           x.colptr.data_ptr<int64_t>(), sorted_keys.data_ptr<int64_t>(),
-          xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, static_cast<opmath_t>(beta),
-          acc.data_ptr<opmath_t>(), T, B, n_out, x.nnz, eps_vals.numel());
+          xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, T, B, x.nnz};
+      dw_trace_kernel<scalar_t><<<block_per_item(x.n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
+          rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(), reader,
+          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, n_out, eps_vals.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   return acc.to(eps_vals.scalar_type());  // no copy when the dtype is already float/double
+}
+
+at::Tensor dw_trace_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
+                               const at::Tensor& eps_vals_in, const at::Tensor& x_in, double beta,
+                               int64_t T, int64_t B, int64_t n_out) {
+  constexpr const char* op = "dw_trace_dense";
+  check_cuda(eps_vals_in, op, "eps_vals");
+  check_floating(eps_vals_in, op, "eps_vals");
+  check_dim(eps_vals_in, 1, op, "eps_vals");
+  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, op, ": `T`, `B` and `n_out` must be >= 0, got ", T, ", ",
+              B, ", ", n_out);
+  const at::Tensor rowptr = index_arg(rowptr_in, at::kLong, eps_vals_in, op, "rowptr");
+  const at::Tensor cols = index_arg(cols_in, at::kInt, eps_vals_in, op, "cols");
+  const int64_t R = checked_mul(T, B, op, "T*B");
+  check_numel(rowptr, checked_add(R, 1, op, "T*B + 1"), op, "rowptr", "T*B + 1");
+  check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
+  check_cuda(x_in, op, "x");
+  check_same_dtype(x_in, eps_vals_in, op, "x", "eps_vals");
+  check_dim(x_in, 2, op, "x");
+  TORCH_CHECK(x_in.size(0) == R, op, ": `x` must be [T*B, n_in] with T*B = ", R, ", got shape ",
+              x_in.sizes());
+  TORCH_CHECK(x_in.device() == eps_vals_in.device(), op, ": `x` must be on the device of `eps_vals` (",
+              eps_vals_in.device(), "), got ", x_in.device());
+  const c10::cuda::CUDAGuard guard(eps_vals_in.device());
+  const at::Tensor eps_vals = eps_vals_in.contiguous(), x = x_in.contiguous();
+  const int64_t n_in = x.size(1);
+  const auto opmath_dtype = at::toOpMathType(eps_vals.scalar_type());
+  at::Tensor acc = at::zeros({n_in, n_out}, eps_vals.options().dtype(opmath_dtype));
+  if (n_in > 0 && n_out > 0 && R > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps_vals.scalar_type(), op, [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      const DenseReader<scalar_t> reader{x.data_ptr<scalar_t>(), B, n_in};
+      dw_trace_kernel<scalar_t><<<block_per_item(n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
+          rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(), reader,
+          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, n_out, eps_vals.numel());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return acc.to(eps_vals.scalar_type());
 }
 
 // ----------------------------------------------------------------- linear_fwd_events
@@ -326,6 +398,7 @@ at::Tensor dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& weight_t
 TORCH_LIBRARY_IMPL(snntorch_sparse, CUDA, m) {
   m.impl("dw_spikes", &snntorch_sparse::cuda::dw_spikes_cuda);
   m.impl("dw_trace", &snntorch_sparse::cuda::dw_trace_cuda);
+  m.impl("dw_trace_dense", &snntorch_sparse::cuda::dw_trace_dense_cuda);
   m.impl("dx_masked", &snntorch_sparse::cuda::dx_masked_cuda);
   m.impl("linear_fwd_events", &snntorch_sparse::cuda::linear_fwd_events_cuda);
 }
