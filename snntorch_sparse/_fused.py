@@ -470,8 +470,8 @@ def _active_csr(bits, nnz, R, n_out):
 
 
 #: How many times faster per multiply-add the library's GEMM forms ∂W than the trace form
-#: (``dw_trace_dense``) on the 2-core CPU of docs/benchmarks.md (measured ~7× at the Open
-#: Neuromorphic shape); with a dense input the trace form is chosen when its multiply-adds,
+#: (``dw_trace_dense``) on the 2-core CPU of docs/benchmarks.md (measured 6–7× at the Open
+#: Neuromorphic shape, ρ = 4.7 %: 2.0 s GEMM vs 0.66 s trace); with a dense input the trace form is chosen when its multiply-adds,
 #: ``nnz(ε)·n_in``, are fewer than the GEMM's ``T·B·n_in·n_out`` by more than this.
 DENSE_DW_SPEEDUP = 8
 
@@ -479,6 +479,14 @@ DENSE_DW_SPEEDUP = 8
 def _dense_trace_pays(nnz_act, T, B, n_out):
     """Whether ∂W of a dense input is cheaper by the trace form (see DENSE_DW_SPEEDUP)."""
     return DENSE_DW_SPEEDUP * nnz_act < T * B * n_out
+
+
+def _stack_csr(parts, ends):
+    """One CSR ``(rowptr, cols, vals)`` over consecutive blocks of rows, from each block's
+    ``(rowptr, cols, vals)``; ``ends``: the cumulative entry counts (``[0, n₁, n₁+n₂, …]``)."""
+    starts = [p[0][:-1] + off for p, off in zip(parts, ends)]
+    rowptr = torch.cat(starts + [parts[-1][0][-1:] + ends[-2]])
+    return rowptr, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
 
 def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n_out,
@@ -627,14 +635,17 @@ class _SpikingLinear(torch.autograd.Function):
         ctx.x_compact = need_w and x_compact
         csc_saved = [t for c in cscs for t in (c or (None, None, None))] if ctx.x_compact else []
         # The trace form needs β as a python float: read it here (a sync, forward only).
-        # It walks the input trace from t = 0, so it runs on an unchunked sequence only.
-        # A dense input must be finite for it: its trace carries a NaN/Inf only into the
-        # outputs active later, which a NaN input silences, so ∂W would hide it where the
-        # dense form propagates it (one more sync).
+        # It walks the input trace from t = 0: over a compact input on an unchunked
+        # sequence only (its CSC is per chunk); a dense input is walked whole after the
+        # chunks (backward). A dense input must be finite for it: its trace carries a
+        # NaN/Inf only into the outputs active later, which a NaN input silences, so ∂W
+        # would hide it where the dense form propagates it (one more sync).
         eligible = (need_w and eager and cfg.sparse and not cfg.readout and nrn.banded
                     and beta.numel() == 1 and not beta.requires_grad
-                    and nrn.reset in (SUBTRACT, NONE) and len(bounds) == 1)
-        if eligible and not ctx.x_compact:
+                    and nrn.reset in (SUBTRACT, NONE))
+        if ctx.x_compact:
+            eligible = eligible and len(bounds) == 1
+        elif eligible:
             n_band = sum(v.numel() for v in valss)
             eligible = ((cfg.dw_form == "trace" or _dense_trace_pays(n_band, T, B, n_out))
                         and bool(torch.isfinite(x).all()))
@@ -691,6 +702,14 @@ class _SpikingLinear(torch.autograd.Function):
 
         dxs = _Rows(T * B, len(ctx.bounds))
         d_w, d_b, d_beta, d_theta, carry = None, None, None, None, None
+        # A dense input's trace form is one walk over the whole input after the chunks
+        # (its trace runs forward in time, the chunks backward), on their active sets.
+        # It is chosen once for all chunks: mixed with a Δ-based form, the terms that the
+        # carried Δ hands to earlier chunks would be counted twice.
+        dense_trace = (need_w and not ctx.x_compact
+                       and _choose_dw(cfg, False, 0, False, vals.numel(), ctx.trace_beta, T, B,
+                                      n_in, n_out, grad_mem) == "trace")
+        actives = [None] * len(ctx.bounds)
         add = lambda acc, g: g if acc is None else acc + g  # noqa: E731
         band_ends = [0] + list(itertools.accumulate(ctx.band_counts or []))
         for i in reversed(range(len(ctx.bounds))):
@@ -711,12 +730,16 @@ class _SpikingLinear(torch.autograd.Function):
                     dxs.put(r0, ops.dx_masked(delta2d, wt, c_up))
                 else:
                     dxs.put(r0, delta2d @ weight)
-            if need_w:
+            if dense_trace:
+                actives[i] = _active_csr(c_bits, c_vals.numel(), r1 - r0, n_out) + (
+                    ops.band_grad(g_spk, c_bits, c_vals, nrn.shape, nrn.p, nrn.gamma, True),)
+            elif need_w:
                 colptr, rows, xvals = (csc_saved[3 * i:3 * i + 3] if ctx.x_compact
                                        else (None, None, None))
                 form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
                                   ctx.x_compact and xvals.numel() == 0, c_vals.numel(),
-                                  ctx.trace_beta, t1 - t0, B, n_in, n_out, grad_mem)
+                                  ctx.trace_beta if ctx.x_compact else None, t1 - t0, B, n_in,
+                                  n_out, grad_mem)
                 if form == "dense":
                     g_w = delta2d.t() @ _span(x, t0, t1, T).reshape(r1 - r0, n_in)
                 elif form == "spikes":
@@ -725,11 +748,8 @@ class _SpikingLinear(torch.autograd.Function):
                     rowptr, cols = _active_csr(c_bits, c_vals.numel(), r1 - r0, n_out)
                     eps_vals = ops.band_grad(g_spk, c_bits, c_vals, nrn.shape, nrn.p,
                                              nrn.gamma, True)
-                    g_w = (ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
-                                        ctx.trace_beta, t1 - t0, B, n_out) if ctx.x_compact
-                           else ops.dw_trace_dense(rowptr, cols, eps_vals,
-                                                   x.reshape(T * B, n_in), ctx.trace_beta,
-                                                   T, B, n_out)).t()
+                    g_w = ops.dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals,
+                                       ctx.trace_beta, t1 - t0, B, n_out).t()
                 d_w = add(d_w, g_w)
                 if report:
                     cfg.report["dw"] = form
@@ -742,6 +762,13 @@ class _SpikingLinear(torch.autograd.Function):
                 band = _band_part(g_spk, c_bits, c_vals, nrn)
                 d_theta = add(d_theta, _theta_grad(delta, band, c_rbits, nrn))
             del delta, delta2d  # not alive while the next chunk runs
+        if dense_trace:
+            rowptr, cols, eps_vals = _stack_csr(actives, band_ends if ctx.band_counts else
+                                                [0, vals.numel()])
+            d_w = ops.dw_trace_dense(rowptr, cols, eps_vals, x.reshape(T * B, n_in),
+                                     ctx.trace_beta, T, B, n_out).t()
+            if report:
+                cfg.report["dw"] = "trace"
         if report and need_x:
             cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta

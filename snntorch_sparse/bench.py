@@ -615,14 +615,16 @@ def derive(rows):
 def layer_costs(cfg, batch, info):
     """Per layer, what :func:`bench_csnn.flop_floor` needs: dense multiply-adds of the
     forward, the input's share of nonzeros (measured on the benchmark batch; 1 for a
-    ``randn`` input), the band share ρ of the layer feeding it, and the input density up
-    to which the sparse mode's forward is event-driven."""
+    ``randn`` input), the band share ρ of the layer feeding it and of its own neurons
+    (none for a readout), and the input density up to which the sparse mode's forward is
+    event-driven."""
     from ._fused import event_max_density
 
     densities = [1.0 if info["input_rate_measured"] is None else info["input_rate_measured"]]
     densities += info["spike_rate"]
     return [{"macs": cfg.T * batch * n_in * n_out, "in_density": densities[i],
              "upstream_rho": info["rho"][i - 1] if i else None,
+             "own_rho": info["rho"][i] if i < len(info["rho"]) else None,
              "events_max": event_max_density(n_out)}
             for i, (n_in, n_out) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:]))]
 

@@ -165,16 +165,18 @@ def flop_floor(costs, method, T, static):
     ∂X for the first layer). Fused: a static input's first layer runs once per step, not
     ``T`` times. Sparse: the forward and ∂W over the input's nonzeros (the forward only
     where the event-driven form runs: input density ≤ the cost entry's ``events_max``,
-    default the convolution's 10 %), ∂X over the upstream band."""
+    default the convolution's 10 %), ∂W over the layer's own band instead when that is
+    fewer (the trace form; cost entry ``own_rho``), ∂X over the upstream band."""
     fwd = bwd = 0.0
     for i, c in enumerate(costs):
         once = 1.0 / T if (i == 0 and static and method != "snntorch") else 1.0
         d = c["in_density"] if method == "fused_sparse" else 1.0
         events = d if d <= c.get("events_max", 0.1) else 1.0
+        dw = min(d, c.get("own_rho") or 1.0) if method == "fused_sparse" else 1.0
         dx = 0.0 if i == 0 else ((c["upstream_rho"] or 0.0) if method == "fused_sparse"
                                  else 1.0)
         fwd += c["macs"] * events * once
-        bwd += c["macs"] * (d * once + dx)
+        bwd += c["macs"] * (dw * once + dx)
     return {"fwd": fwd, "bwd": bwd}
 
 

@@ -242,3 +242,19 @@ def test_quick_csnn_run_reports_every_implementation(tmp_path):
                                                    for r in report["conv_layers"])
     table = (tmp_path / "bench_cpu.md").read_text()
     assert "**csnn-tutorial6**" in table and "| tutorial7 conv2 |" in table
+
+
+def test_flop_floor_counts_the_cheaper_weight_gradient():
+    """Sparse: forward over the input's nonzeros when event-driven, ∂W over the fewer of
+    the input's nonzeros and the layer's own band (trace form), ∂X over the upstream band;
+    the other methods: everything dense."""
+    from snntorch_sparse.bench_csnn import flop_floor
+
+    costs = [{"macs": 1000.0, "in_density": 1.0, "upstream_rho": None, "own_rho": 0.05,
+              "events_max": 0.1},
+             {"macs": 100.0, "in_density": 0.02, "upstream_rho": 0.04, "own_rho": None,
+              "events_max": 0.1}]
+    assert flop_floor(costs, "fused_sparse", 10, False) == {
+        "fwd": 1000.0 + 100.0 * 0.02, "bwd": 1000.0 * 0.05 + 100.0 * (0.02 + 0.04)}
+    assert flop_floor(costs, "fused_dense", 10, False) == {"fwd": 1100.0,
+                                                           "bwd": 1000.0 + 100.0 * 2}

@@ -299,6 +299,33 @@ def test_time_chunks_equal_the_whole_sequence(second, reset):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("reset", ["subtract", "none"])
+def test_time_chunks_of_a_dense_input_share_one_trace_walk(reset):
+    """A dense input's trace form runs once over the whole input after the chunks, on
+    their stacked active sets: ∂W bit-equal to the unchunked layer's (the same walk),
+    the other gradients to rounding."""
+    n_in, n_out, steps, batch = 24, 40, 23, 4
+    torch.manual_seed(5)
+    x = _grid(torch.randn(steps, batch, n_in, dtype=DT), 2**-6).requires_grad_()
+    runs = []
+    for chunk in (None, 5):
+        torch.manual_seed(6)
+        layer = _layer("2%", n_in=n_in, n_out=n_out, beta=0.85, bias=True,
+                       reset_mechanism=reset, time_chunk=chunk)
+        out = layer(x)
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=DT)
+                                     .view(out.shape)).sum(), [layer.weight, layer.bias, x])
+        runs.append((out, grads, layer._report["chunks"], layer._report["dw"]))
+    (out_a, grads_a, ca, form_a), (out_b, grads_b, cb, form_b) = runs
+    assert (ca, cb, form_a, form_b) == (1, 5, "trace", "trace")
+    assert torch.equal(out_a, out_b)
+    assert grads_a[0].abs().sum() > 0 and torch.equal(grads_a[0], grads_b[0])
+    for a, b in zip(grads_a[1:], grads_b[1:]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-13)
+    out, ref = layer(x), _reference(layer, x)  # and the trace form's ∂W is the reference's
+    _assert_grads(*_grads(out, ref, [layer.weight]))
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "whole"])
 def test_time_chunk_must_be_steps(bad):
     with pytest.raises(ValueError, match="time_chunk"):
