@@ -287,13 +287,14 @@ def _register_fakes():
     def _(delta, colptr, rows, xvals, n_in):
         return delta.new_empty(n_in, delta.shape[1])
 
+    # dWᵀ [n_in, n_out] as the kernels return it: the transpose of a contiguous dW.
     @fake("dw_trace")
     def _(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
-        return eps_vals.new_empty(colptr.shape[0] - 1, n_out)
+        return eps_vals.new_empty(n_out, colptr.shape[0] - 1).t()
 
     @fake("dw_trace_dense")
     def _(rowptr, cols, eps_vals, x, beta, T, B, n_out):
-        return eps_vals.new_empty(x.shape[1], n_out)
+        return eps_vals.new_empty(n_out, x.shape[1]).t()
 
     @fake("dx_masked")
     def _(delta, weight_t, bits):

@@ -264,7 +264,7 @@ def dw_trace_dense(rowptr, cols, eps_vals, x, beta, T, B, n_out):
     )
     eps = torch.zeros(T * B, n_out, dtype=eps_vals.dtype, device=x.device)
     eps[row, cols.long()] = eps_vals
-    return trace.t() @ eps
+    return (eps.t() @ trace).t()  # dWᵀ, laid out as the transpose of dW (as the kernels)
 
 
 def dx_masked(delta, weight_t, bits):

@@ -172,9 +172,9 @@ struct DenseInput {
   }
 };
 
-// Output rows [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
-// block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= out[i, j]).
-// `trace` (B*C) and `acc` (n_out*C) are scratch.
+// Input columns [i0, i0 + C) of dw_trace: walk t forward keeping trace[b, c] for the
+// block, and for every active (r, j) add eps * trace[b, :] to acc[j, :] (= dW[j, i], out
+// laid out as dW [n_out, n_in]). `trace` (B*C) and `acc` (n_out*C) are scratch.
 template <typename T, typename Input>
 SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols, const T* eps,
                                       Input input, T beta, int64_t steps, int64_t B, int64_t n_out,
@@ -191,8 +191,9 @@ SNN_VECTOR_CLONES void dw_trace_block(const int64_t* rowptr, const int32_t* cols
       for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) axpy<T, C>(acc + cols[k] * C, tr, eps[k]);
     }
   }
-  for (int64_t c = 0; c < C && i0 + c < n_in; ++c)
-    for (int64_t j = 0; j < n_out; ++j) out[(i0 + c) * n_out + j] = acc[j * C + c];
+  const int64_t width = std::min(C, n_in - i0);
+  for (int64_t j = 0; j < n_out; ++j)
+    std::copy(acc + j * C, acc + j * C + width, out + j * n_in + i0);
 }
 
 // The active set (CSR over T*B rows, eps_vals) of dw_trace and dw_trace_dense.
@@ -207,15 +208,16 @@ void check_active(const Tensor& rowptr, const Tensor& cols, const Tensor& eps, i
   check_compressed(rowptr, cols, checked_mul(T, B, op, "T*B"), n_out, op, "rowptr", "cols");
 }
 
-// dWᵀ [n_in, n_out] by dw_trace_block over blocks of kTraceCols input columns;
-// make_input(scalar_t tag) gives each block's input reader.
+// dWᵀ [n_in, n_out] by dw_trace_block over blocks of kTraceCols input columns, returned as
+// the transpose of a contiguous dW [n_out, n_in] (so the caller's dW is contiguous: no copy
+// of a large weight gradient); make_input(scalar_t tag) gives each block's input reader.
 template <typename MakeInput>
 Tensor run_dw_trace(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in, double beta,
                     int64_t T, int64_t B, int64_t n_in, int64_t n_out, const char* op,
                     MakeInput make_input) {
   const Tensor rp = rowptr.contiguous(), cl = cols.contiguous(), eps = eps_in.contiguous();
-  if (T * B == 0 || n_in == 0 || n_out == 0) return zeros_output({n_in, n_out}, eps.options());
-  Tensor out = empty_output({n_in, n_out}, eps.options());
+  if (T * B == 0 || n_in == 0 || n_out == 0) return zeros_output({n_out, n_in}, eps.options()).t();
+  Tensor out = empty_output({n_out, n_in}, eps.options());
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "dw_trace_cpu", [&] {
     constexpr int64_t C = kTraceCols<scalar_t>;
     checked_mul(std::max(B, n_out), C, op, "per-thread scratch");
@@ -228,7 +230,7 @@ Tensor run_dw_trace(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_
                                  out.mutable_data_ptr<scalar_t>(), trace.data(), acc.data());
     });
   });
-  return out;
+  return out.t();
 }
 
 Tensor dw_trace_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor& eps_in, const Tensor& colptr,

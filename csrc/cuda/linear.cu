@@ -115,15 +115,15 @@ struct DenseReader {
 };
 
 // Block i (input neuron), thread b (batch element) walks t with trace = beta*trace + x[t, b, i]
-// and adds eps*trace to acc[i, j] for every active (r = t*B + b, j). Threads of a block may
-// hit the same acc[i, j], hence atomics (on a float/double accumulator).
+// and adds eps*trace to acc[j, i] (dW [n_out, n_in]) for every active (r = t*B + b, j).
+// Threads of a block may hit the same entry, hence atomics (on a float/double accumulator).
 template <typename scalar_t, typename Reader>
 __global__ void dw_trace_kernel(const int64_t* __restrict__ rowptr,
                                 const int32_t* __restrict__ cols,
                                 const scalar_t* __restrict__ eps_vals, Reader reader,
                                 at::opmath_type<scalar_t> beta,
                                 at::opmath_type<scalar_t>* __restrict__ acc, int64_t T, int64_t B,
-                                int64_t n_out, int64_t nnz_a) {
+                                int64_t n_in, int64_t n_out, int64_t nnz_a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t i = blockIdx.x;
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
@@ -137,7 +137,7 @@ __global__ void dw_trace_kernel(const int64_t* __restrict__ rowptr,
       for (int64_t q = qlo; q < qhi; ++q) {
         const int64_t j = cols[q];
         if (j < 0 || j >= n_out) continue;
-        atomicAdd(acc + i * n_out + j, static_cast<opmath_t>(eps_vals[q]) * trace);
+        atomicAdd(acc + j * n_in + i, static_cast<opmath_t>(eps_vals[q]) * trace);
       }
     }
   }
@@ -234,7 +234,7 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
   const c10::cuda::CUDAGuard guard(eps_vals_in.device());
   const at::Tensor eps_vals = eps_vals_in.contiguous();
   const auto opmath_dtype = at::toOpMathType(eps_vals.scalar_type());
-  at::Tensor acc = at::zeros({x.n_in, n_out}, eps_vals.options().dtype(opmath_dtype));
+  at::Tensor acc = at::zeros({n_out, x.n_in}, eps_vals.options().dtype(opmath_dtype));
   if (x.n_in > 0 && n_out > 0 && R > 0) {
     // Order the nonzeros of each column by (b, t) so that thread b finds x[t, b, i] in step.
     at::Tensor keys = at::empty({x.nnz}, x.colptr.options());
@@ -254,11 +254,12 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
           xs.defined() ? xs.data_ptr<scalar_t>() : nullptr, T, B, x.nnz};
       dw_trace_kernel<scalar_t><<<block_per_item(x.n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
           rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(), reader,
-          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, n_out, eps_vals.numel());
+          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, x.n_in, n_out, eps_vals.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return acc.to(eps_vals.scalar_type());  // no copy when the dtype is already float/double
+  // dWᵀ as the transpose of a contiguous dW (see the CPU kernel); no copy for float/double.
+  return acc.to(eps_vals.scalar_type()).t();
 }
 
 at::Tensor dw_trace_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
@@ -286,18 +287,18 @@ at::Tensor dw_trace_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& co
   const at::Tensor eps_vals = eps_vals_in.contiguous(), x = x_in.contiguous();
   const int64_t n_in = x.size(1);
   const auto opmath_dtype = at::toOpMathType(eps_vals.scalar_type());
-  at::Tensor acc = at::zeros({n_in, n_out}, eps_vals.options().dtype(opmath_dtype));
+  at::Tensor acc = at::zeros({n_out, n_in}, eps_vals.options().dtype(opmath_dtype));
   if (n_in > 0 && n_out > 0 && R > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, eps_vals.scalar_type(), op, [&] {
       using opmath_t = at::opmath_type<scalar_t>;
       const DenseReader<scalar_t> reader{x.data_ptr<scalar_t>(), B, n_in};
       dw_trace_kernel<scalar_t><<<block_per_item(n_in, op, "input neurons"), threads_for(B), 0, stream()>>>(
           rowptr.data_ptr<int64_t>(), cols.data_ptr<int32_t>(), eps_vals.data_ptr<scalar_t>(), reader,
-          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, n_out, eps_vals.numel());
+          static_cast<opmath_t>(beta), acc.data_ptr<opmath_t>(), T, B, n_in, n_out, eps_vals.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return acc.to(eps_vals.scalar_type());
+  return acc.to(eps_vals.scalar_type()).t();
 }
 
 // ----------------------------------------------------------------- linear_fwd_events
