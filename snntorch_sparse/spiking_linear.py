@@ -50,7 +50,9 @@ class SpikingLinear(SpikingLayer):
         only valid for a scalar, fixed β, reset subtract/none and no gradient into the
         membrane (never for a readout), and chosen only for a binary (0/1) input, so that
         a NaN/Inf in a graded input shows in ∂W whichever form runs;
-      - dense GEMM ``ΔᵀX`` when the input was kept dense;
+      - for an input kept dense: the trace form over that input (``dw_trace_dense``, the
+        same validity, and only for a finite input) when ``8·nnz(band) < T·B·out`` (the
+        GEMM runs ~8× more multiply-adds per second), else the dense GEMM ``ΔᵀX``;
     * input gradient ``ΔW`` only where the upstream layer's band is set when the input
       is the spike output of one of our layers (a ``SpikingLinear``, ``Leaky``
       sequence) — the upstream multiplies it by its surrogate, 0 outside its band, so
@@ -65,7 +67,8 @@ class SpikingLinear(SpikingLayer):
 
     Host synchronisations, all in the forward: the band size inside the ``spike`` op and,
     when a graph is recorded, the compact input's size ``nnz``, whether its values are
-    all 1, and a scalar fixed β read as a number (the trace form needs it).
+    all 1, a scalar fixed β read as a number (the trace form needs it), and for a dense
+    input where the trace form would pay, whether its sum is finite.
     None in the backward: the active set of the trace form is sized by the band's value
     count, already known on the host.
 
@@ -108,7 +111,8 @@ class SpikingLinear(SpikingLayer):
             (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
             (default): the whole sequence when a ``[T·B, out_features]`` tensor holds at
             most 40 MiB, else chunks of that size; None: always whole. The trace form of
-            ∂W runs only unchunked.
+            ∂W runs unchunked for a compact input; for a dense input it is one walk over
+            the whole input after the chunks.
         device, dtype: as ``nn.Linear``.
 
     Example::
