@@ -215,11 +215,15 @@ at::Tensor dw_spikes_cuda(const at::Tensor& delta_in, const at::Tensor& colptr_i
   return out;
 }
 
-at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
-                         const at::Tensor& eps_vals_in, const at::Tensor& colptr_in,
-                         const at::Tensor& rows_in, const at::Tensor& xvals_in, double beta,
-                         int64_t T, int64_t B, int64_t n_out) {
-  constexpr const char* op = "dw_trace";
+// The active set of dw_trace / dw_trace_dense: CSR over the R = T*B rows (rowptr, cols) with
+// one eps_vals entry per column index.
+struct Active {
+  at::Tensor rowptr, cols;
+  int64_t R;
+};
+
+Active active_arg(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
+                  const at::Tensor& eps_vals_in, int64_t T, int64_t B, int64_t n_out, const char* op) {
   check_cuda(eps_vals_in, op, "eps_vals");
   check_floating(eps_vals_in, op, "eps_vals");
   check_dim(eps_vals_in, 1, op, "eps_vals");
@@ -230,6 +234,17 @@ at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
   const int64_t R = checked_mul(T, B, op, "T*B");
   check_numel(rowptr, checked_add(R, 1, op, "T*B + 1"), op, "rowptr", "T*B + 1");
   check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
+  return {rowptr, cols, R};
+}
+
+at::Tensor dw_trace_cuda(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
+                         const at::Tensor& eps_vals_in, const at::Tensor& colptr_in,
+                         const at::Tensor& rows_in, const at::Tensor& xvals_in, double beta,
+                         int64_t T, int64_t B, int64_t n_out) {
+  constexpr const char* op = "dw_trace";
+  const Active active = active_arg(rowptr_in, cols_in, eps_vals_in, T, B, n_out, op);
+  const at::Tensor &rowptr = active.rowptr, &cols = active.cols;
+  const int64_t R = active.R;
   const Csc x = csc_arg(colptr_in, rows_in, xvals_in, eps_vals_in, op, "eps_vals");
   const c10::cuda::CUDAGuard guard(eps_vals_in.device());
   const at::Tensor eps_vals = eps_vals_in.contiguous();
@@ -266,16 +281,9 @@ at::Tensor dw_trace_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& co
                                const at::Tensor& eps_vals_in, const at::Tensor& x_in, double beta,
                                int64_t T, int64_t B, int64_t n_out) {
   constexpr const char* op = "dw_trace_dense";
-  check_cuda(eps_vals_in, op, "eps_vals");
-  check_floating(eps_vals_in, op, "eps_vals");
-  check_dim(eps_vals_in, 1, op, "eps_vals");
-  TORCH_CHECK(T >= 0 && B >= 0 && n_out >= 0, op, ": `T`, `B` and `n_out` must be >= 0, got ", T, ", ",
-              B, ", ", n_out);
-  const at::Tensor rowptr = index_arg(rowptr_in, at::kLong, eps_vals_in, op, "rowptr");
-  const at::Tensor cols = index_arg(cols_in, at::kInt, eps_vals_in, op, "cols");
-  const int64_t R = checked_mul(T, B, op, "T*B");
-  check_numel(rowptr, checked_add(R, 1, op, "T*B + 1"), op, "rowptr", "T*B + 1");
-  check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
+  const Active active = active_arg(rowptr_in, cols_in, eps_vals_in, T, B, n_out, op);
+  const at::Tensor &rowptr = active.rowptr, &cols = active.cols;
+  const int64_t R = active.R;
   check_cuda(x_in, op, "x");
   check_same_dtype(x_in, eps_vals_in, op, "x", "eps_vals");
   check_dim(x_in, 2, op, "x");
