@@ -63,6 +63,9 @@ def _worker(rank, world, port, out_dir):
             _loss(model, x[:, part], y[part]).backward()  # DDP averages over the ranks
             torch.save([p.grad for p in model.parameters()],
                        os.path.join(out_dir, f"{kind}-{rank}.pt"))
+        # Tearing gloo down while the other rank still talks to it aborts that process
+        # ("terminate called without an active exception"): meet before leaving.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
