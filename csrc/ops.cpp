@@ -43,7 +43,7 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   m.def("dx_masked(Tensor delta, Tensor weight_t, Tensor bits) -> Tensor");
   // Event-driven fully connected forward: x [R, n_in] times weight_t [n_in, n_out] (+ bias)
   // summed over x's nonzeros only.
-  m.def("linear_fwd_events(Tensor x, Tensor weight_t, Tensor? bias) -> Tensor");
+  m.def("linear_fwd_events(Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor? bias, int R) -> Tensor");
   // 2-D convolution: weight gradient [C_out, C_in/groups, kH, kW] from the input nonzeros
   // (CSC of x.reshape(R, C_in*H*W)), and the input gradient where the upstream band bit is set.
   m.def("conv_dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int[] in_shape, int[] kernel, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");

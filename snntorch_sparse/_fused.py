@@ -53,7 +53,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._ops import compute_dtype, first_order_only, ops
+from ._ops import compute_dtype, empty_output, first_order_only, ops
 from .reference import ATAN, NONE, SUBTRACT, ZERO
 from .surrogate import AdaptiveBand, _check_b_th
 
@@ -135,13 +135,25 @@ def _previous(mem0f, mem):
     return torch.cat((mem0f.unsqueeze(0), mem[:-1]))
 
 
-def _neuron_forward(cur, mem0f, betaf, thetaf, nrn, fire):
-    """Membrane ``[T, M]``, spikes, band bits and values (the last three None if not ``fire``)."""
+def fire_spikes(mem, thetaf, nrn, scratch=None):
+    """``spike(U − θ)``: the spikes, band bits and band values of a membrane ``[T, M]``.
+
+    ``U − θ`` is written into ``scratch`` (a dead temporary of ``U``'s shape and dtype, e.g.
+    the currents) or else into a fresh output buffer: a plain ``mem - θ`` of that size
+    costs mostly the page faults of its fresh memory (csrc/cpu/alloc.h)."""
+    if scratch is None:
+        scratch = empty_output(mem.shape, mem.dtype, mem.device)
+    u = torch.sub(mem, thetaf, out=scratch)
+    return ops.spike(u, nrn.shape, nrn.p, nrn.b_th, nrn.gamma)
+
+
+def _neuron_forward(cur, mem0f, betaf, thetaf, nrn, fire, scratch=None):
+    """Membrane ``[T, M]``, spikes, band bits and values (the last three None if not
+    ``fire``). ``scratch``: see :func:`fire_spikes` (``cur`` itself, when the caller owns it)."""
     mem = ops.lif_fwd(cur, mem0f, betaf, thetaf, nrn.reset)
     if not fire:
         return mem, None, None, None
-    spk, bits, vals = ops.spike(mem - thetaf, nrn.shape, nrn.p, nrn.b_th, nrn.gamma)
-    return mem, spk, bits, vals
+    return (mem, *fire_spikes(mem, thetaf, nrn, scratch))
 
 
 def _needs_rbits(nrn, theta_grad):
@@ -450,11 +462,28 @@ def few_nonzeros(x, csc, compacted, max_density):
     return nnz <= max_density * x.numel()
 
 
-def event_max_density(n_out):
+def events_input(x2d, csc, compacted, n_out):
+    """The compact form of ``x2d`` for the event-driven fully connected forward, or None
+    when more than :func:`event_max_density` of it is nonzero (then the GEMM runs): the
+    backward's compact form ``csc`` when it made one (``compacted`` and none made means
+    too dense), else compacted for the forward alone (inference)."""
+    max_density = event_max_density(n_out, compacted)
+    if not compacted:
+        return compact_input(x2d, max_density) if max_density > 0 else None
+    return csc if csc is not None and csc[1].numel() <= max_density * x2d.numel() else None
+
+
+def event_max_density(n_out, compacted=True):
     """The input density up to which the event-driven fully connected forward beats the
-    dense GEMM on the CPU (measured on the 2-core CPU of docs/benchmarks.md: a narrow layer
-    pays a per-nonzero cost that a wide one spreads over its outputs)."""
-    return 0.05 if n_out >= 64 else 0.025
+    dense GEMM on the CPU (measured on the 2-core CPU of docs/benchmarks.md, 16 000 rows:
+    ``linear_fwd_events`` against ``F.linear``). With the compact input that the backward
+    keeps anyway (``compacted``): every compact input of a layer of ≥ 64 outputs (1.2–1.3×
+    faster at 25 %), up to 10 % for a narrower one, whose GEMM is cheap while each nonzero
+    costs a fixed overhead. Compacting for the forward alone (inference) pays up to 10 %
+    for ≥ 64 outputs and never for a narrower layer."""
+    if compacted:
+        return COMPACT_INPUT_MAX_DENSITY if n_out >= 64 else 0.1
+    return 0.1 if n_out >= 64 else 0.0
 
 
 def _active_csr(bits, nnz, R, n_out):
@@ -606,16 +635,17 @@ class _SpikingLinear(torch.autograd.Function):
             csc = compact_input(xc) if need_w and eager else None
             x_compact = x_compact and csc is not None
             cscs.append(csc)
-            events = (eager and x.device.type == "cpu"
-                      and few_nonzeros(xc, csc, need_w, event_max_density(n_out)))
-            if events and wt is None:
+            events = (events_input(xc, csc, need_w, n_out)
+                      if eager and x.device.type == "cpu" else None)
+            if events is not None and wt is None:
                 wt = weight.t().contiguous()
-            cur = (ops.linear_fwd_events(xc, wt, bias) if events
+            cur = (ops.linear_fwd_events(*events, wt, bias, xc.shape[0]) if events is not None
                    else F.linear(xc, weight, bias)).view(t1 - t0, B * n_out)
             if cfg.report is not None and not torch.compiler.is_compiling():
-                cfg.report["fwd"] = "events" if events else "dense"
+                cfg.report["fwd"] = "dense" if events is None else "events"
+            del events
             mem, spk, bits, vals = _neuron_forward(cur, prev, betaf, thetaf, nrn,
-                                                   not cfg.readout)
+                                                   not cfg.readout, scratch=cur)
             if keep_rbits:
                 rbitss.append(_reset_bits(prev, mem, thetaf))
             if keep_mem:

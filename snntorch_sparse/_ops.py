@@ -301,8 +301,8 @@ def _register_fakes():
         return delta.new_empty(delta.shape[0], weight_t.shape[0])
 
     @fake("linear_fwd_events")
-    def _(x, weight_t, bias):
-        return x.new_empty(x.shape[0], weight_t.shape[1])
+    def _(colptr, rows, xvals, weight_t, bias, R):
+        return weight_t.new_empty(R, weight_t.shape[1])
 
     @fake("conv_dw_spikes")
     def _(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation, groups):

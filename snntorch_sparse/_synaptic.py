@@ -23,7 +23,7 @@ import torch
 
 from ._fused import (Neuron, _beta_grad, _cast_spikes, _empty_bits, _mark_band, _meta,
                      _needs, _needs_rbits, _per_element, _previous, _reduce, _reset_bits,
-                     _theta_grad, check_sequence_args)
+                     _theta_grad, check_sequence_args, fire_spikes)
 from ._ops import compute_dtype, first_order_only, ops
 from .reference import ATAN, SUBTRACT
 
@@ -45,7 +45,7 @@ class _SynapticSequence(torch.autograd.Function):
         mem0f = (torch.zeros_like(cur2d[0]) if mem0 is None
                  else _per_element(mem0, step, dt, "mem"))
         syn, mem = ops.syn_fwd(cur2d, syn0f, mem0f, alphaf, betaf, thetaf, nrn.reset)
-        spk, bits, vals = ops.spike(mem - thetaf, nrn.shape, nrn.p, nrn.b_th, nrn.gamma)
+        spk, bits, vals = fire_spikes(mem, thetaf, nrn)
 
         _, _, _, need_alpha, need_beta, need_theta, _, _ = _needs(ctx, track)
         rbits = (_reset_bits(mem0f, mem, thetaf) if _needs_rbits(nrn, need_theta)

@@ -213,6 +213,18 @@ def nonzero_csc(x, max_density):
     return colptr, rows.to(torch.int32), xvals
 
 
+def csc_dense(colptr, rows, xvals, R, dtype):
+    """The dense ``[R, n_in]`` input of a compact (CSC) one, as :func:`nonzero_csc` makes
+    it (``xvals`` empty: every nonzero is 1)."""
+    n_in = colptr.numel() - 1
+    x = torch.zeros(R, n_in, dtype=dtype, device=colptr.device)
+    col = torch.repeat_interleave(
+        torch.arange(n_in, device=x.device), colptr[1:] - colptr[:-1]
+    )
+    x[rows.long(), col] = xvals if xvals.numel() else 1
+    return x
+
+
 def dw_spikes(delta, colptr, rows, xvals, n_in):
     """Op ``dw_spikes``: ``dWᵀ[i, :] = Σ_k x_k·Δ[rows_k, :]`` over input nonzeros.
 
@@ -239,12 +251,7 @@ def dw_trace(rowptr, cols, eps_vals, colptr, rows, xvals, beta, T, B, n_out):
     Valid for scalar β with reset subtract/none and no direct membrane gradient: then
     ``Δ[t] = Σ_{s≥t} β^{s−t} ε[s]``, so ``Σ_t Δ[t]ᵀX[t] = Σ_s ε[s]ᵀ trace[s]``.
     """
-    n_in = colptr.numel() - 1
-    x = torch.zeros(T * B, n_in, dtype=eps_vals.dtype, device=eps_vals.device)
-    col = torch.repeat_interleave(
-        torch.arange(n_in, device=x.device), colptr[1:] - colptr[:-1]
-    )
-    x[rows.long(), col] = xvals if xvals.numel() else 1
+    x = csc_dense(colptr, rows, xvals, T * B, eps_vals.dtype)
     return dw_trace_dense(rowptr, cols, eps_vals, x, beta, T, B, n_out)
 
 
@@ -295,20 +302,21 @@ class _SpikeRef(torch.autograd.Function):
         return g, None, None, None, None
 
 
-def linear_fwd_events(x, weight_t, bias):
+def linear_fwd_events(colptr, rows, xvals, weight_t, bias, R):
     """Op ``linear_fwd_events``: the fully connected currents summed over the input's
-    nonzeros (event-driven; DESIGN.md §2):
+    nonzeros (event-driven; DESIGN.md §2), the input given compact as by
+    :func:`nonzero_csc` (``xvals`` empty: every nonzero is 1):
 
         I[r, j] = b[j] + Σ_{i: X[r, i] ≠ 0} X[r, i]·Wᵀ[i, j]
 
     — ``X·Wᵀ + b`` (equal up to the order of the sums) for finite weights, at a cost of
-    ``nnz(X)·n_out`` instead of ``R·n_in·n_out``. ``x [R, n_in]``, ``weight_t [n_in, n_out]``,
-    ``bias [n_out]`` or None.
+    ``nnz(X)·n_out`` instead of ``R·n_in·n_out``, never reading the dense ``X [R, n_in]``.
+    ``weight_t [n_in, n_out]``, ``bias [n_out]`` or None.
     """
-    if x.dim() != 2 or weight_t.dim() != 2 or weight_t.shape[0] != x.shape[1]:
-        raise ValueError(f"linear_fwd_events: `x` [R, n_in] and `weight_t` [n_in, n_out] expected, "
-                         f"got shapes {tuple(x.shape)} and {tuple(weight_t.shape)}")
-    out = x @ weight_t
+    if weight_t.dim() != 2 or colptr.numel() != weight_t.shape[0] + 1:
+        raise ValueError(f"linear_fwd_events: `weight_t` [n_in, n_out] and `colptr` [n_in + 1] "
+                         f"expected, got shapes {tuple(weight_t.shape)} and {tuple(colptr.shape)}")
+    out = csc_dense(colptr, rows, xvals, R, weight_t.dtype) @ weight_t
     return out if bias is None else out + bias
 
 

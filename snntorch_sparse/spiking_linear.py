@@ -59,11 +59,12 @@ class SpikingLinear(SpikingLayer):
       every value that reaches the loss is exact (eq. 12); dense otherwise. (So a
       retained ``.grad`` of such an input reads 0 outside the upstream band.)
 
-    Forward, sparse mode on the CPU: when at most 5 % of the input is nonzero (2.5 % for a
-    layer narrower than 64 outputs: the measured break-even against the GEMM), the
-    currents are summed over the input's nonzeros only (event-driven,
-    ``ops.linear_fwd_events``, ≈ ``nnz(X)·out`` multiply-adds) — the GEMM's values up to
-    the order of the sums.
+    Forward, sparse mode on the CPU: when the input is kept compact for backward (at most
+    25 % nonzero; 10 % for a layer narrower than 64 outputs — the measured break-even
+    against the GEMM; in inference 10 %, and never for a narrow layer), the currents are
+    summed over the compact input's nonzeros only (event-driven,
+    ``ops.linear_fwd_events``, ≈ ``nnz(X)·out`` multiply-adds; the dense input is not
+    read again) — the GEMM's values up to the order of the sums.
 
     Host synchronisations, all in the forward: the band size inside the ``spike`` op and,
     when a graph is recorded, the compact input's size ``nnz``, whether its values are

@@ -20,9 +20,14 @@ ops = _ops.ops
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
+def _compact(x, device):
+    """``x``'s compact form (reference.nonzero_csc) on ``device``."""
+    return tuple(t.to(device) for t in R.nonzero_csc(x, 1.0))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.2, 1.0])
-@pytest.mark.parametrize("shape", [(1, 7, 3), (37, 50, 20), (64, 300, 130)])
+@pytest.mark.parametrize("shape", [(1, 7, 3), (37, 50, 20), (64, 300, 130), (700, 40, 300)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("graded", [False, True])
 def test_linear_fwd_events(device, gen, dtype, density, shape, bias, graded):
@@ -34,32 +39,52 @@ def test_linear_fwd_events(device, gen, dtype, density, shape, bias, graded):
     b = torch.randn(n_out, generator=gen, dtype=torch.float64) if bias else None
     x, w = x.to(dtype), w.to(dtype)
     b = None if b is None else b.to(dtype)
-    args = (x.to(device), w.t().contiguous().to(device), None if b is None else b.to(device))
-    before = [a.clone() for a in args if a is not None]
+    colptr, rws, xvals = _compact(x, device)
+    assert (xvals.numel() == 0) == (not graded or not x.any())
+    args = (colptr, rws, xvals, w.t().contiguous().to(device), None if b is None else b.to(device),
+            rows)
+    before = [a.clone() for a in args[:5] if a is not None]
     out = ops.linear_fwd_events(*args).cpu()
-    assert all(torch.equal(a, c) for a, c in zip([a for a in args if a is not None], before))
-    want = R.linear_fwd_events(x, w.t(), b)
+    assert all(torch.equal(a, c) for a, c in zip([a for a in args[:5] if a is not None], before))
+    want = R.linear_fwd_events(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args])
+    assert torch.equal(R.csc_dense(colptr.cpu(), rws.cpu(), xvals.cpu(), rows, dtype), x)
     magnitude = x.abs() @ w.abs().t()
     assert out.dtype == dtype and out.shape == (rows, n_out)
     assert ((out - want).abs() <= TOL[dtype] * magnitude).all()
     if density == 0.0:
         assert torch.equal(out, torch.zeros_like(out) + (0 if b is None else b))
+    if device == "cpu":  # each row's sum in the order of a walk along it, as a dense loop
+        loop = torch.zeros(rows, n_out, dtype=dtype) + (0 if b is None else b)
+        for r, i in (x != 0).nonzero().tolist():
+            loop[r] += x[r, i] * w[:, i]
+        assert torch.equal(out, loop)
 
 
 def test_linear_fwd_events_opcheck(device, gen):
-    x = (torch.rand(9, 12, generator=gen) < 0.3).double().to(device)
+    x = (torch.rand(9, 12, generator=gen) < 0.3).double()
     wt = torch.randn(12, 5, generator=gen, dtype=torch.float64).to(device)
     b = torch.randn(5, generator=gen, dtype=torch.float64).to(device)
-    torch.library.opcheck(ops.linear_fwd_events, (x, wt, b))
-    torch.library.opcheck(ops.linear_fwd_events, (x, wt, None))
+    for xin in (x, x * 0.5):
+        torch.library.opcheck(ops.linear_fwd_events, (*_compact(xin, device), wt, b, 9))
+        torch.library.opcheck(ops.linear_fwd_events, (*_compact(xin, device), wt, None, 9))
+
+
+_CP, _ROWS, _ONES = torch.tensor([0, 1, 1, 2]), torch.tensor([2, 0], dtype=torch.int32), torch.zeros(0)
 
 
 @pytest.mark.parametrize("args, match", [
-    ((torch.zeros(3), torch.zeros(3, 2), None), "`x` must be 2-D"),
-    ((torch.zeros(4, 3), torch.zeros(2, 2), None), "`weight_t` must be"),
-    ((torch.zeros(4, 3), torch.zeros(3, 2, dtype=torch.float64), None), "`weight_t` must have the dtype"),
-    ((torch.zeros(4, 3), torch.zeros(3, 2), torch.zeros(3)), "`bias` must be"),
-    ((torch.zeros(4, 3, dtype=torch.int64), torch.zeros(3, 2), None), "`x`"),
+    ((_CP, _ROWS, _ONES, torch.zeros(3), None, 4), "`weight_t` must be 2-D"),
+    ((_CP, _ROWS, _ONES, torch.zeros(2, 2), None, 4), "`colptr` must have 3 entries"),
+    ((_CP, _ROWS, torch.zeros(0, dtype=torch.float64), torch.zeros(3, 2), None, 4),
+     "`xvals` must have the dtype"),
+    ((_CP, _ROWS, torch.zeros(3), torch.zeros(3, 2), None, 4), "`xvals` must be empty"),
+    ((_CP, _ROWS, _ONES, torch.zeros(3, 2), torch.zeros(3), 4), "`bias` must be"),
+    ((_CP, _ROWS, _ONES, torch.zeros(3, 2, dtype=torch.int64), None, 4), "`weight_t`"),
+    ((_CP, _ROWS, _ONES, torch.zeros(3, 2), None, 2), "`rows` must lie in"),
+    ((_CP, _ROWS, _ONES, torch.zeros(3, 2), None, -1), "`R`"),
+    ((_CP.int(), _ROWS, _ONES, torch.zeros(3, 2), None, 4), "`colptr` must be"),
+    ((torch.tensor([0, 2, 2, 2]), _ROWS, _ONES, torch.zeros(3, 2), None, 4),
+     "`rows` must ascend within each column"),
 ])
 def test_linear_fwd_events_bad_arguments(args, match):
     with pytest.raises(RuntimeError, match=match):
@@ -70,7 +95,7 @@ def _grid(t, step=2**-10):
     return torch.round(t / step) * step
 
 
-@pytest.mark.parametrize("n_out, rate", [(10, 0.01), (10, 0.1), (80, 0.04), (80, 0.3)])
+@pytest.mark.parametrize("n_out, rate", [(10, 0.01), (10, 0.2), (80, 0.04), (80, 0.15), (80, 0.3)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_spiking_linear_uses_events_on_sparse_input(gen, n_out, rate, bias):
     """Sparse mode on the CPU: the event-driven forward when the input is sparse enough for
@@ -93,8 +118,9 @@ def test_spiking_linear_uses_events_on_sparse_input(gen, n_out, rate, bias):
     assert layers["sparse"]._report["fwd"] == ("events" if events else "dense")
     assert layers["dense"]._report["fwd"] == "dense"
     assert torch.equal(outs["sparse"], outs["dense"]) and outs["dense"].any()
-    with torch.no_grad():
-        again = layers["sparse"](x)  # no graph: the density is counted, same choice
+    with torch.no_grad():  # no graph: compacted for the forward alone, if that pays
+        again = layers["sparse"](x)
     assert torch.equal(again, outs["sparse"])
+    events = density <= _fused.event_max_density(n_out, compacted=False)
     assert layers["sparse"]._report["fwd"] == ("events" if events else "dense")
     assert math.isfinite(outs["sparse"].sum().item())

@@ -54,6 +54,24 @@ def test_cpu_matches_reference(shape, density, binary, dtype):
         assert spikes_only or got[2].numel() == got[1].numel()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "graded"])
+def test_cpu_dense_rows_in_sparse_input(binary, dtype):
+    """Kept compact (max density 1) with whole chunks of rows too dense to be listed (the
+    kernel then reads those rows again) next to sparse and empty ones, and a row of NaN,
+    -0.0 and tiny values (nonzero unless exactly ±0)."""
+    x = make_x(1200, 300, 0.02, binary, dtype, seed=11)
+    x[100:500] = make_x(400, 300, 0.9, binary, dtype, seed=12)
+    x[700:900] = 0
+    x[950, :5] = torch.tensor([float("nan"), -0.0, 1e-30, -1.0, 0.0], dtype=dtype)
+    got = ops.nonzero_csc(x, 1.0)
+    want = ref.nonzero_csc(x, 1.0)
+    for name, a, b in zip(("colptr", "rows", "xvals"), got, want):
+        assert torch.equal(a, b) or (name == "xvals" and torch.equal(a.nan_to_num(7.0),
+                                                                   b.nan_to_num(7.0))), name
+    assert got[1].numel() == int((x != 0).sum())
+
+
 def test_cpu_reconstructs_input():
     """Independent of the reference: the CSC arrays scatter back to x."""
     x = make_x(257, 131, 0.05, False, torch.float64, seed=3)

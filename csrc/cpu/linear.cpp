@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
 #include <optional>
 #include <vector>
 
@@ -330,51 +331,84 @@ Tensor dx_masked_cpu(const Tensor& delta_in, const Tensor& wt_in, const Tensor& 
 }  // namespace
 
 // ---------------------------------------------------------------- linear_fwd_events
-// Rows [r0, r1): out[r] = bias + Σ over the nonzeros i of x[r] of x[r, i] * weight_t[i, :]
-// (contiguous rows of the transposed weight). Zeros cost one comparison.
+// The input comes compact (CSC, the form the backward keeps), so the dense input is never
+// read again. Threads own blocks of output rows, small enough to stay in L2 while every
+// column adds its weight row to the block's rows that it holds: out[r] = bias + Σ over
+// the column's entries (r, i) of x * weight_t[i, :], the columns in ascending i — each
+// output's sum in the order of a walk along its row. `next` (n_in entries) is scratch:
+// each column's first entry at or after the block (rows ascend within a column).
 template <typename T>
-SNN_VECTOR_CLONES void fwd_events_rows(const T* x, const T* wt, const T* bias, T* out, int64_t n_in,
-                                       int64_t n_out, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    T* __restrict o = out + r * n_out;
-    for (int64_t j = 0; j < n_out; ++j) o[j] = bias ? bias[j] : T(0);
-    const T* xr = x + r * n_in;
+SNN_VECTOR_CLONES void fwd_events_blocks(const int64_t* colptr, const int32_t* rows, const T* xvals,
+                                         const T* wt, const T* bias, T* out, int64_t R, int64_t n_in,
+                                         int64_t n_out, int64_t block, int64_t b0, int64_t b1,
+                                         int64_t* next) {
+  const int32_t first = static_cast<int32_t>(b0 * block);
+  for (int64_t i = 0; i < n_in; ++i)
+    next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], first) - rows;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t r0 = b * block, r1 = std::min(R, r0 + block);
+    for (int64_t r = r0; r < r1; ++r) {
+      T* __restrict o = out + r * n_out;
+      for (int64_t j = 0; j < n_out; ++j) o[j] = bias ? bias[j] : T(0);
+    }
     for (int64_t i = 0; i < n_in; ++i) {
-      const T v = xr[i];
-      if (v == T(0)) continue;
       const T* __restrict w = wt + i * n_out;
-      for (int64_t j = 0; j < n_out; ++j) o[j] += v * w[j];
+      int64_t k = next[i];
+      for (; k < colptr[i + 1] && rows[k] < r1; ++k) {
+        T* __restrict o = out + static_cast<int64_t>(rows[k]) * n_out;
+        if (xvals) {
+          const T v = xvals[k];
+          for (int64_t j = 0; j < n_out; ++j) o[j] += v * w[j];
+        } else {  // binary input: x = 1 exactly, skip the products
+          for (int64_t j = 0; j < n_out; ++j) o[j] += w[j];
+        }
+      }
+      next[i] = k;
     }
   }
 }
 
-Tensor linear_fwd_events_cpu(const Tensor& x_in, const Tensor& wt_in, const std::optional<Tensor>& bias_in) {
+// Bytes of output rows per block of linear_fwd_events (a block and the weight rows it
+// reads share a 1 MiB L2).
+constexpr int64_t kEventBlockBytes = 256 << 10;
+
+Tensor linear_fwd_events_cpu(const Tensor& colptr_in, const Tensor& rows_in, const Tensor& xvals_in,
+                             const Tensor& wt_in, const std::optional<Tensor>& bias_in, int64_t R) {
   constexpr const char* op = "linear_fwd_events";
-  check_float(x_in, op, "x");
   check_float(wt_in, op, "weight_t");
-  TORCH_CHECK(x_in.dim() == 2, op, ": `x` must be 2-D [R, n_in], got shape ", x_in.sizes());
-  TORCH_CHECK(wt_in.dim() == 2 && wt_in.size(0) == x_in.size(1), op,
-              ": `weight_t` must be [n_in, n_out] with n_in = x.shape[1] = ", x_in.size(1), ", got shape ",
-              wt_in.sizes());
-  TORCH_CHECK(wt_in.scalar_type() == x_in.scalar_type(), op, ": `weight_t` must have the dtype of `x` (",
-              x_in.scalar_type(), "), got ", wt_in.scalar_type());
-  const int64_t R = x_in.size(0), n_in = x_in.size(1), n_out = wt_in.size(1);
+  TORCH_CHECK(wt_in.dim() == 2, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ", wt_in.sizes());
+  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
+  const int64_t n_in = wt_in.size(0), n_out = wt_in.size(1);
+  check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
+  check_xvals(xvals_in, wt_in, rows_in.numel(), op, "weight_t");
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   if (has_bias) {
     check_float(*bias_in, op, "bias");
-    TORCH_CHECK(bias_in->scalar_type() == x_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
-                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `x` (", x_in.scalar_type(),
+    TORCH_CHECK(bias_in->scalar_type() == wt_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
+                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `weight_t` (", wt_in.scalar_type(),
                 "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
   }
-  Tensor out = empty_output({R, n_out}, x_in.options());
+  const Tensor colptr = colptr_in.contiguous(), rows = rows_in.contiguous(), xvals = xvals_in.contiguous();
+  const int64_t* cp = colptr.const_data_ptr<int64_t>();
+  const int32_t* rp = rows.const_data_ptr<int32_t>();
+  // The blocks find their entries by a row-ordered walk of each column.
+  for (int64_t i = 0; i < n_in; ++i)
+    for (int64_t k = cp[i] + 1; k < cp[i + 1]; ++k)
+      TORCH_CHECK(rp[k - 1] < rp[k], op, ": `rows` must ascend within each column (column ", i,
+                  ", entry ", k, ")");
+  Tensor out = empty_output({R, n_out}, wt_in.options());
   if (out.numel() == 0) return out;
-  const Tensor x = x_in.contiguous(), wt = wt_in.contiguous();
+  const Tensor wt = wt_in.contiguous();
   const Tensor bias = has_bias ? bias_in->contiguous() : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_fwd_events_cpu", [&] {
-    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
-      fwd_events_rows<scalar_t>(x.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
-                                has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
-                                out.mutable_data_ptr<scalar_t>(), n_in, n_out, r0, r1);
+  const int64_t block = std::max<int64_t>(1, kEventBlockBytes / (n_out * wt.element_size()));
+  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "linear_fwd_events_cpu", [&] {
+    at::parallel_for(0, (R + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> next(n_in);
+      fwd_events_blocks<scalar_t>(cp, rp, xvals.numel() ? xvals.const_data_ptr<scalar_t>() : nullptr,
+                                  wt.const_data_ptr<scalar_t>(),
+                                  has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
+                                  out.mutable_data_ptr<scalar_t>(), R, n_in, n_out, block, b0, b1,
+                                  next.data());
     });
   });
   return out;

@@ -1,11 +1,14 @@
 // CPU kernel of `nonzero_csc` (math: reference.nonzero_csc): the nonzeros of a row-major
-// x [R, n_in] in column-major (CSC) order, without transposing x.
+// x [R, n_in] in column-major (CSC) order, without transposing x, reading x once.
 //
 // Tasks own chunks of consecutive rows, so each streams a contiguous piece of x (column
 // blocks would walk x with a row stride: page-crossing reads that the prefetcher drops).
-// Pass 1 counts per (chunk, column) and notes a nonzero != 1; a serial prefix in column-major
-// order turns the counts into each (chunk, column)'s first slot and colptr; pass 2 repeats
-// the walk writing rows/values. Chunks are in row order, so rows ascend within a column.
+// Pass 1 counts per (chunk, column), notes a nonzero != 1, and lists the chunk's nonzeros
+// in row order (found through one bit mask per 16 elements); a serial prefix in
+// column-major order turns the counts into each (chunk, column)'s first slot and colptr;
+// pass 2 moves each list into its slots. Chunks are in row order, so rows ascend within a
+// column. A chunk denser than the lists are meant for (a dense input, about to be
+// refused) stops listing and only counts; pass 2 then walks its rows of x again.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,6 +23,7 @@
 
 #include "cpu/alloc.h"
 #include "cpu/checks.h"
+#include "cpu/sparse_args.h"
 
 namespace snntorch_sparse {
 namespace {
@@ -30,6 +34,54 @@ using at::Tensor;
 // the [chunks, n_in] counts small next to x while still balancing the load).
 constexpr int64_t kMinChunkElems = 1 << 16;
 constexpr int64_t kChunksPerThread = 4;
+// Elements whose nonzero flags are gathered into one bit mask while listing.
+constexpr int64_t kRun = 16;
+// A chunk lists at most this share of its elements (above it the input is near the
+// densest that is ever kept compact: lists would cost more than a second read of x).
+constexpr double kListMaxDensity = 0.25;
+
+// One chunk's nonzeros in row order: their columns and values, and where each row ends.
+template <typename T>
+struct ChunkList {
+  std::vector<int32_t> cols;
+  std::vector<T> vals;
+  std::vector<int64_t> row_end;
+  bool listed = true;  // false: the chunk was too dense, pass 2 reads x
+};
+
+// Counts row `row`'s nonzeros into c[0:n] (branch-free, vectorised); true if one is != 1.
+template <typename T>
+SNN_VECTOR_CLONES bool count_row(const T* row, int32_t* c, int64_t n) {
+  int32_t o = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = row[j];
+    c[j] += v != T(0);
+    o |= (v != T(0)) & (v != T(1));
+  }
+  return o != 0;
+}
+
+// Counts and lists row `row`'s nonzeros; true if one is != 1. (No vector-width clones:
+// it allocates, and a clone must not throw; see sparse_args.h.)
+template <typename T>
+bool list_row(const T* row, int32_t* c, int64_t n, ChunkList<T>& list) {
+  bool other = false;
+  for (int64_t j0 = 0; j0 < n; j0 += kRun) {
+    const int64_t m = std::min(kRun, n - j0);
+    uint32_t nz = 0;  // bit q: row[j0 + q] != 0 (branch-free)
+    for (int64_t q = 0; q < m; ++q) nz |= static_cast<uint32_t>(row[j0 + q] != T(0)) << q;
+    for (; nz != 0u; nz &= nz - 1u) {
+      const int64_t j = j0 + __builtin_ctz(nz);
+      const T v = row[j];
+      ++c[j];
+      list.cols.push_back(static_cast<int32_t>(j));
+      list.vals.push_back(v);
+      other |= v != T(1);
+    }
+  }
+  list.row_end.push_back(static_cast<int64_t>(list.cols.size()));
+  return other;
+}
 
 std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double max_density) {
   check_float(x_in, "nonzero_csc", "x");
@@ -53,21 +105,24 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nonzero_csc_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    // Pass 1: nonzeros per (chunk, column); whether any nonzero differs from 1.
+    std::vector<ChunkList<scalar_t>> lists(chunks);
+    const double list_density = std::min(max_density, kListMaxDensity);
+    // Pass 1: nonzeros per (chunk, column), listed; whether any nonzero differs from 1.
     at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
       bool other = false;
       for (int64_t k = k0; k < k1; ++k) {
         int32_t* c = counts.data() + k * n_in;
-        const int64_t r1 = std::min(R, (k + 1) * rows_per_chunk);
-        for (int64_t r = k * rows_per_chunk; r < r1; ++r) {
+        ChunkList<scalar_t>& list = lists[k];
+        const int64_t r0 = k * rows_per_chunk, r1 = std::min(R, r0 + rows_per_chunk);
+        const double cap = list_density * static_cast<double>((r1 - r0) * n_in);
+        for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = xp + r * n_in;
-          int32_t o = 0;  // branch-free so that the loop vectorises
-          for (int64_t j = 0; j < n_in; ++j) {
-            const scalar_t v = row[j];
-            c[j] += v != scalar_t(0);
-            o |= (v != scalar_t(0)) & (v != scalar_t(1));
+          if (list.listed) {
+            other |= list_row(row, c, n_in, list);
+            if (static_cast<double>(list.cols.size()) > cap) list.listed = false;
+          } else {
+            other |= count_row(row, c, n_in);
           }
-          other |= o != 0;
         }
       }
       if (other) not_binary.store(true, std::memory_order_relaxed);
@@ -94,12 +149,25 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
     int32_t* rp = rows.mutable_data_ptr<int32_t>();
     scalar_t* vp = with_vals ? xvals.mutable_data_ptr<scalar_t>() : nullptr;
     if (nnz == 0) return;
-    // Pass 2: the same walk; each (chunk, column) appends at its own cursor.
+    // Pass 2: each (chunk, column) appends at its own cursor, from the chunk's list or, for
+    // a chunk that stopped listing, from x.
     at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         int64_t* pos = slot.data() + k * n_in;
-        const int64_t r1 = std::min(R, (k + 1) * rows_per_chunk);
-        for (int64_t r = k * rows_per_chunk; r < r1; ++r) {
+        const int64_t r0 = k * rows_per_chunk, r1 = std::min(R, r0 + rows_per_chunk);
+        const ChunkList<scalar_t>& list = lists[k];
+        if (list.listed) {
+          int64_t e = 0;
+          for (int64_t r = r0; r < r1; ++r) {
+            for (const int64_t end = list.row_end[r - r0]; e < end; ++e) {
+              const int32_t j = list.cols[e];
+              if (vp != nullptr) vp[pos[j]] = list.vals[e];
+              rp[pos[j]++] = static_cast<int32_t>(r);
+            }
+          }
+          continue;
+        }
+        for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = xp + r * n_in;
           for (int64_t j = 0; j < n_in; ++j) {
             if (row[j] == scalar_t(0)) continue;

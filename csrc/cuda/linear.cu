@@ -6,6 +6,7 @@
 // rather than checked on the host, which would need a device sync.
 #include <torch/library.h>
 
+#include <climits>
 #include <tuple>
 
 #include "cuda_utils.cuh"
@@ -310,58 +311,63 @@ at::Tensor dw_trace_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& co
 }
 
 // ----------------------------------------------------------------- linear_fwd_events
-// Block r owns out[r, :]: its threads stride over j and sum x[r, i]*weight_t[i, j] over the
-// row's nonzeros i (every thread reads the same x[r, i]: one broadcast), starting at the bias.
+// Block i takes input column i of the compact input: for each of its entries (r, i) the
+// threads add x * weight_t[i, :] to row r of an opmath accumulator that starts at the
+// bias. Columns share rows, hence atomics (the order of the sums is not fixed).
 template <typename scalar_t>
-__global__ void linear_fwd_events_kernel(const scalar_t* __restrict__ x,
+__global__ void linear_fwd_events_kernel(const int64_t* __restrict__ colptr,
+                                         const int32_t* __restrict__ rows,
+                                         const scalar_t* __restrict__ xvals,
                                          const scalar_t* __restrict__ weight_t,
-                                         const scalar_t* __restrict__ bias,
-                                         scalar_t* __restrict__ out, int64_t n_in, int64_t n_out) {
+                                         at::opmath_type<scalar_t>* __restrict__ acc, int64_t R,
+                                         int64_t n_out, int64_t nnz) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const scalar_t* xr = x + blockIdx.x * n_in;
-  for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x) {
-    opmath_t acc = bias != nullptr ? static_cast<opmath_t>(bias[j]) : opmath_t(0);
-    for (int64_t i = 0; i < n_in; ++i) {
-      const opmath_t v = static_cast<opmath_t>(xr[i]);
-      if (v != opmath_t(0)) acc += v * static_cast<opmath_t>(weight_t[i * n_out + j]);
-    }
-    out[blockIdx.x * n_out + j] = static_cast<scalar_t>(acc);
+  int64_t lo, hi;
+  clamp_range(colptr, blockIdx.x, nnz, lo, hi);
+  const scalar_t* w = weight_t + blockIdx.x * n_out;
+  for (int64_t k = lo; k < hi; ++k) {
+    const int64_t r = rows[k];
+    if (r < 0 || r >= R) continue;
+    const opmath_t v = xvals != nullptr ? static_cast<opmath_t>(xvals[k]) : opmath_t(1);
+    for (int64_t j = threadIdx.x; j < n_out; j += blockDim.x)
+      atomicAdd(acc + r * n_out + j, mul_rn(v, static_cast<opmath_t>(w[j])));
   }
 }
 
-at::Tensor linear_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight_t_in,
-                                  const std::optional<at::Tensor>& bias_in) {
+at::Tensor linear_fwd_events_cuda(const at::Tensor& colptr_in, const at::Tensor& rows_in,
+                                  const at::Tensor& xvals_in, const at::Tensor& weight_t_in,
+                                  const std::optional<at::Tensor>& bias_in, int64_t R) {
   constexpr const char* op = "linear_fwd_events";
-  check_cuda(x_in, op, "x");
-  check_floating(x_in, op, "x");
-  check_dim(x_in, 2, op, "x");
-  check_same_device(weight_t_in, x_in, op, "weight_t");
-  check_same_dtype(weight_t_in, x_in, op, "weight_t", "x");
+  check_cuda(weight_t_in, op, "weight_t");
+  check_floating(weight_t_in, op, "weight_t");
   check_dim(weight_t_in, 2, op, "weight_t");
-  TORCH_CHECK(weight_t_in.size(0) == x_in.size(1), op,
-              ": `weight_t` must be [n_in, n_out] with n_in = x.shape[1] = ", x_in.size(1),
-              ", got shape ", weight_t_in.sizes());
-  const int64_t R = x_in.size(0), n_in = x_in.size(1), n_out = weight_t_in.size(1);
+  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
+  const Csc x = csc_arg(colptr_in, rows_in, xvals_in, weight_t_in, op, "weight_t");
+  TORCH_CHECK(x.n_in == weight_t_in.size(0), op, ": `colptr` must have n_in + 1 = ", weight_t_in.size(0) + 1,
+              " entries (n_in = weight_t.shape[0]), got ", x.n_in + 1);
+  const int64_t n_in = x.n_in, n_out = weight_t_in.size(1);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   if (has_bias) {
-    check_same_device(*bias_in, x_in, op, "bias");
-    check_same_dtype(*bias_in, x_in, op, "bias", "x");
+    check_same_device(*bias_in, weight_t_in, op, "bias");
+    check_same_dtype(*bias_in, weight_t_in, op, "bias", "weight_t");
     TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == n_out, op, ": `bias` must be [n_out] = [",
                 n_out, "], got shape ", bias_in->sizes());
   }
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+  const c10::cuda::CUDAGuard guard(weight_t_in.device());
   const at::Tensor weight_t = weight_t_in.contiguous();
-  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({R, n_out}, x.options());
-  if (R == 0 || n_out == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_fwd_events", [&] {
-    linear_fwd_events_kernel<scalar_t><<<block_per_item(R, op, "rows"), kThreads, 0, stream()>>>(
-        x.data_ptr<scalar_t>(), weight_t.data_ptr<scalar_t>(),
-        has_bias ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), n_in, n_out);
+  const auto opmath = at::toOpMathType(weight_t.scalar_type());
+  at::Tensor acc = has_bias ? bias_in->to(opmath).expand({R, n_out}).contiguous()
+                            : at::zeros({R, n_out}, weight_t.options().dtype(opmath));
+  if (R == 0 || n_out == 0 || n_in == 0) return acc.to(weight_t.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_t.scalar_type(), "linear_fwd_events", [&] {
+    linear_fwd_events_kernel<scalar_t><<<block_per_item(n_in, op, "input neurons"), threads_for(n_out), 0,
+                                         stream()>>>(
+        x.colptr.data_ptr<int64_t>(), x.rows.data_ptr<int32_t>(),
+        x.xvals.numel() ? x.xvals.data_ptr<scalar_t>() : nullptr, weight_t.data_ptr<scalar_t>(),
+        acc.data_ptr<at::opmath_type<scalar_t>>(), R, n_out, x.nnz);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return acc.to(weight_t.scalar_type());
 }
 
 at::Tensor dx_masked_cuda(const at::Tensor& delta_in, const at::Tensor& weight_t_in,
