@@ -4,7 +4,7 @@
 // Tasks own chunks of consecutive rows, so each streams a contiguous piece of x (column
 // blocks would walk x with a row stride: page-crossing reads that the prefetcher drops).
 // Pass 1 counts per (chunk, column), notes a nonzero != 1, and lists the chunk's nonzeros
-// in row order (found through one bit mask per 16 elements); a serial prefix in
+// in row order (found through a byte of flags per element, read eight at a time); a serial prefix in
 // column-major order turns the counts into each (chunk, column)'s first slot and colptr;
 // pass 2 moves each list into its slots. Chunks are in row order, so rows ascend within a
 // column. A chunk denser than the lists are meant for (a dense input, about to be
@@ -18,6 +18,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -34,8 +35,6 @@ using at::Tensor;
 // the [chunks, n_in] counts small next to x while still balancing the load).
 constexpr int64_t kMinChunkElems = 1 << 16;
 constexpr int64_t kChunksPerThread = 4;
-// Elements whose nonzero flags are gathered into one bit mask while listing.
-constexpr int64_t kRun = 16;
 // A chunk lists at most this share of its elements (above it the input is near the
 // densest that is ever kept compact: lists would cost more than a second read of x).
 constexpr double kListMaxDensity = 0.25;
@@ -49,38 +48,37 @@ struct ChunkList {
   bool listed = true;  // false: the chunk was too dense, pass 2 reads x
 };
 
-// Counts row `row`'s nonzeros into c[0:n] (branch-free, vectorised); true if one is != 1.
+// Counts row `row`'s nonzeros into c[0:n] and, given `flags`, sets flags[j] = row[j] != 0
+// (branch-free, vectorised); true if a nonzero is != 1.
 template <typename T>
-SNN_VECTOR_CLONES bool count_row(const T* row, int32_t* c, int64_t n) {
+SNN_VECTOR_CLONES bool count_row(const T* row, int32_t* c, int64_t n, uint8_t* flags) {
   int32_t o = 0;
   for (int64_t j = 0; j < n; ++j) {
     const T v = row[j];
-    c[j] += v != T(0);
-    o |= (v != T(0)) & (v != T(1));
+    const bool nz = v != T(0);
+    c[j] += nz;
+    if (flags != nullptr) flags[j] = nz;
+    o |= nz & (v != T(1));
   }
   return o != 0;
 }
 
-// Counts and lists row `row`'s nonzeros; true if one is != 1. (No vector-width clones:
-// it allocates, and a clone must not throw; see sparse_args.h.)
+// Appends row `row`'s nonzeros to `list`, found from its flags eight at a time (most
+// words are zero at the densities that are listed). `flags` is padded with zeros to a
+// multiple of 8. (No vector-width clones: it allocates, and a clone must not throw; see
+// sparse_args.h.)
 template <typename T>
-bool list_row(const T* row, int32_t* c, int64_t n, ChunkList<T>& list) {
-  bool other = false;
-  for (int64_t j0 = 0; j0 < n; j0 += kRun) {
-    const int64_t m = std::min(kRun, n - j0);
-    uint32_t nz = 0;  // bit q: row[j0 + q] != 0 (branch-free)
-    for (int64_t q = 0; q < m; ++q) nz |= static_cast<uint32_t>(row[j0 + q] != T(0)) << q;
-    for (; nz != 0u; nz &= nz - 1u) {
-      const int64_t j = j0 + __builtin_ctz(nz);
-      const T v = row[j];
-      ++c[j];
+void list_row(const T* row, const uint8_t* flags, int64_t n, ChunkList<T>& list) {
+  for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    uint64_t word;
+    std::memcpy(&word, flags + j0, sizeof word);
+    for (; word != 0u; word &= word - 1u) {  // each flag is 0 or 1: one bit per set byte
+      const int64_t j = j0 + __builtin_ctzll(word) / 8;
       list.cols.push_back(static_cast<int32_t>(j));
-      list.vals.push_back(v);
-      other |= v != T(1);
+      list.vals.push_back(row[j]);
     }
   }
   list.row_end.push_back(static_cast<int64_t>(list.cols.size()));
-  return other;
 }
 
 std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double max_density) {
@@ -110,6 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
     // Pass 1: nonzeros per (chunk, column), listed; whether any nonzero differs from 1.
     at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
       bool other = false;
+      std::vector<uint8_t> flags((n_in + 7) / 8 * 8, 0);
       for (int64_t k = k0; k < k1; ++k) {
         int32_t* c = counts.data() + k * n_in;
         ChunkList<scalar_t>& list = lists[k];
@@ -118,10 +117,11 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = xp + r * n_in;
           if (list.listed) {
-            other |= list_row(row, c, n_in, list);
+            other |= count_row(row, c, n_in, flags.data());
+            list_row(row, flags.data(), n_in, list);
             if (static_cast<double>(list.cols.size()) > cap) list.listed = false;
           } else {
-            other |= count_row(row, c, n_in);
+            other |= count_row(row, c, n_in, static_cast<uint8_t*>(nullptr));
           }
         }
       }
