@@ -14,17 +14,40 @@
 
 #include "cpu/alloc.h"
 #include "cpu/band.h"
+#include "cpu/sparse_args.h"
 
 namespace snntorch_sparse {
 namespace {
 
 using at::Tensor;
 
+// Spikes γ·H(u) of elements [w0·32, min(n, w1·32)) and their band words (bit j of word w:
+// |u[32w + j]| < b_th); returns the number of band elements. A whole word's 32 lanes form
+// one loop that vectorises (per-lane shifts need AVX2, hence the clones). Must not throw.
 template <typename T>
-inline uint32_t band_word(const T* u, int64_t cnt, T bth) {
-  uint32_t w = 0;
-  for (int64_t j = 0; j < cnt; ++j) w |= static_cast<uint32_t>(std::abs(u[j]) < bth) << j;
-  return w;
+SNN_VECTOR_CLONES int64_t spike_words(const T* u, T* spk, int32_t* bits, int64_t w0,
+                                      int64_t w1, int64_t n, T g, T bth) {
+  int64_t cnt = 0;
+  for (int64_t w = w0; w < w1; ++w) {
+    const T* uw = u + w * 32;
+    T* sw = spk + w * 32;
+    const int64_t m = std::min<int64_t>(32, n - w * 32);
+    uint32_t word = 0;
+    if (m == 32) {
+      for (int j = 0; j < 32; ++j) {
+        sw[j] = (uw[j] > T(0) ? T(1) : T(0)) * g;
+        word |= static_cast<uint32_t>(std::abs(uw[j]) < bth) << j;
+      }
+    } else {
+      for (int64_t j = 0; j < m; ++j) {
+        sw[j] = (uw[j] > T(0) ? T(1) : T(0)) * g;
+        word |= static_cast<uint32_t>(std::abs(uw[j]) < bth) << j;
+      }
+    }
+    bits[w] = static_cast<int32_t>(word);
+    cnt += __builtin_popcount(word);
+  }
+  return cnt;
 }
 
 std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, double p,
@@ -61,16 +84,7 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t w0 = c * kChunkWords, w1 = std::min(words, w0 + kChunkWords);
-        write_spikes(w0 * 32, std::min(n, w1 * 32));
-        int64_t cnt = 0;
-        for (int64_t w = w0; w < w1; ++w) {
-          const int64_t left = n - w * 32;
-          const uint32_t word = left >= 32 ? band_word(up + w * 32, 32, bth)
-                                           : band_word(up + w * 32, left, bth);
-          bp[w] = static_cast<int32_t>(word);
-          cnt += __builtin_popcount(word);
-        }
-        offs[c + 1] = cnt;
+        offs[c + 1] = spike_words(up, sp, bp, w0, w1, n, g, bth);
       }
     });
     for (int64_t c = 0; c < chunks; ++c) offs[c + 1] += offs[c];

@@ -1,6 +1,6 @@
-// Shared by the CPU kernels of the sparse gradients (linear.cpp, conv.cpp): checks of the
-// compact input formats (every error names the op and the argument) and the vector-width
-// clones of their per-thread workers.
+// Shared by the CPU kernels of the sparse gradients (linear.cpp, conv.cpp, pack.cpp) and
+// the spike op (band.cpp): checks of the compact input formats (every error names the op
+// and the argument) and the vector-width clones of their per-thread workers.
 #pragma once
 #include <ATen/ATen.h>
 
