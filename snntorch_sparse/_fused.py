@@ -545,24 +545,32 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
 
 
 #: ``time_chunk="auto"``: a sequence whose ``[T·B, n_out]`` tensors (the currents, the
-#: membrane, the spikes, Δ) hold at most this many bytes runs whole; a longer one in chunks
-#: of about this size. Above glibc's largest heap-served block (32 MiB), so every chunk
-#: temporary is mapped and handed back to the system when freed — the peak RSS follows
-#: the live bytes — and large enough that the per-chunk calls are amortised.
+#: membrane, the spikes, Δ) hold at most :data:`WHOLE_MAX_BYTES` runs whole; a longer one
+#: in chunks of about :data:`CHUNK_BYTES`. Chunking costs a copy of each chunk's spikes and
+#: input gradient into the layer's outputs and fresh memory for every chunk (SHD shape,
+#: T = 500, B = 128, 51 MB tensors: 428 ms chunked vs 298 ms whole per step on the CPU of
+#: docs/benchmarks.md), so it starts only where memory, not time, is the limit (the
+#: long-sequence demo: T = 20 000, B = 8, 128 MB). The chunk size is above glibc's largest
+#: heap-served block (32 MiB), so every chunk temporary is mapped and handed back to the
+#: system when freed — the peak RSS follows the live bytes — and large enough that the
+#: per-chunk calls are amortised.
+WHOLE_MAX_BYTES = 96 << 20
 CHUNK_BYTES = 40 << 20
 
 
 def chunk_steps(setting, T, B, n_in, n_out, itemsize):
     """Time steps per chunk of a fused layer (``T``: one chunk).
 
-    ``setting``: None (the whole sequence at once), ``"auto"`` (:data:`CHUNK_BYTES`) or a
-    number of steps. Rounded to a multiple of the steps after which both the input's and
+    ``setting``: None (the whole sequence at once), ``"auto"`` (:data:`WHOLE_MAX_BYTES`,
+    :data:`CHUNK_BYTES`) or a number of steps. Rounded to a multiple of the steps after which both the input's and
     the output's elements fill whole 32-bit words, so each chunk owns whole words of the
     packed band bits (its own and the upstream's).
     """
     if setting is None:
         return T
     if setting == "auto":
+        if T * B * n_out * itemsize <= WHOLE_MAX_BYTES:
+            return T
         steps = max(1, CHUNK_BYTES // (B * n_out * itemsize))
     else:
         steps = setting

@@ -111,7 +111,8 @@ class SpikingLinear(SpikingLayer):
             are alive — peak memory bounded in T, results equal to the unchunked layer
             (Δ bit for bit; ∂W summed chunk by chunk, so equal up to rounding). ``"auto"``
             (default): the whole sequence when a ``[T·B, out_features]`` tensor holds at
-            most 40 MiB, else chunks of that size; None: always whole. The trace form of
+            most 96 MiB (chunking costs time: copies and fresh memory per chunk), else
+            chunks of 40 MiB; None: always whole. The trace form of
             ∂W runs unchunked for a compact input; for a dense input it is one walk over
             the whole input after the chunks.
         device, dtype: as ``nn.Linear``.

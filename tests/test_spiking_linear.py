@@ -326,6 +326,15 @@ def test_time_chunks_of_a_dense_input_share_one_trace_walk(reset):
     _assert_grads(*_grads(out, ref, [layer.weight]))
 
 
+def test_auto_chunks_only_long_sequences():
+    # SHD at B = 128 (51 MB per [T·B, out] tensor) runs whole: chunking would cost time there.
+    assert _fused.chunk_steps("auto", 500, 128, 200, 200, 4) == 500
+    # T = 20 000, B = 8 (128 MB): chunks of at most 40 MiB.
+    steps = _fused.chunk_steps("auto", 20_000, 8, 200, 200, 4)
+    assert 20_000 // 4 < steps < 20_000 and steps * 8 * 200 * 4 <= _fused.CHUNK_BYTES
+    assert _fused.chunk_steps(None, 20_000, 8, 200, 200, 4) == 20_000
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "whole"])
 def test_time_chunk_must_be_steps(bad):
     with pytest.raises(ValueError, match="time_chunk"):
