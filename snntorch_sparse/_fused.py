@@ -500,8 +500,9 @@ def _active_csr(bits, nnz, R, n_out):
 
 #: How many times faster per multiply-add the library's GEMM forms ∂W than the trace form
 #: (``dw_trace_dense``) on the 2-core CPU of docs/benchmarks.md (measured 6–7× at the Open
-#: Neuromorphic shape, ρ = 4.7 %: 2.0 s GEMM vs 0.66 s trace); with a dense input the trace form is chosen when its multiply-adds,
-#: ``nnz(ε)·n_in``, are fewer than the GEMM's ``T·B·n_in·n_out`` by more than this.
+#: Neuromorphic shape, ρ = 4.7 %: 2.0 s GEMM vs 0.66 s trace); with a dense input the
+#: trace form is chosen when its multiply-adds, ``nnz(ε)·n_in``, are fewer than the
+#: GEMM's ``T·B·n_in·n_out`` by more than this.
 DENSE_DW_SPEEDUP = 8
 
 
@@ -562,9 +563,9 @@ def chunk_steps(setting, T, B, n_in, n_out, itemsize):
     """Time steps per chunk of a fused layer (``T``: one chunk).
 
     ``setting``: None (the whole sequence at once), ``"auto"`` (:data:`WHOLE_MAX_BYTES`,
-    :data:`CHUNK_BYTES`) or a number of steps. Rounded to a multiple of the steps after which both the input's and
-    the output's elements fill whole 32-bit words, so each chunk owns whole words of the
-    packed band bits (its own and the upstream's).
+    :data:`CHUNK_BYTES`) or a number of steps. Rounded to a multiple of the steps after
+    which both the input's and the output's elements fill whole 32-bit words, so each
+    chunk owns whole words of the packed band bits (its own and the upstream's).
     """
     if setting is None:
         return T

@@ -1,6 +1,6 @@
 // CUDA kernels of the fully connected layer's sparse gradients, `dw_spikes`, `dw_trace`
-// (and `dw_trace_dense`) and `dx_masked`, and of its event-driven forward, `linear_fwd_events` (math: the functions of
-// the same names in snntorch_sparse/reference.py).
+// (and `dw_trace_dense`) and `dx_masked`, and of its event-driven forward,
+// `linear_fwd_events` (math: the functions of the same names in snntorch_sparse/reference.py).
 // Rows of delta/eps are r = t*B + b; sparse inputs are CSC over [R, n_in] (by input neuron),
 // the active set of dw_trace is CSR over [R, n_out]. Indices outside their range are skipped
 // rather than checked on the host, which would need a device sync.
