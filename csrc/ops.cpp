@@ -44,6 +44,9 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   // Event-driven fully connected forward: x [R, n_in] times weight_t [n_in, n_out] (+ bias)
   // summed over x's nonzeros only.
   m.def("linear_fwd_events(Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor? bias, int R) -> Tensor");
+  // A hidden fully connected LIF layer's forward from its compact input in one pass:
+  // linear_fwd_events -> lif_fwd -> spike(U - theta) -> nonzero_csc of the spikes (CPU).
+  m.def("linear_lif_events(Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor? bias, Tensor mem0, Tensor beta, Tensor theta, int R, int reset, float b_th, float gamma, float max_density) -> (Tensor spk, Tensor bits, Tensor vals, Tensor mem_last, Tensor colptr_out, Tensor rows_out, Tensor xvals_out)");
   // 2-D convolution: weight gradient [C_out, C_in/groups, kH, kW] from the input nonzeros
   // (CSC of x.reshape(R, C_in*H*W)), and the input gradient where the upstream band bit is set.
   m.def("conv_dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int[] in_shape, int[] kernel, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");

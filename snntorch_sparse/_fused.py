@@ -229,21 +229,44 @@ def tag_band(t, bits, size=None):
     Under ``torch.compile`` no tag is set (a traced graph has no tensor attributes): the
     downstream input gradient is then computed densely, the same values at the leaves.
     """
+    return _bind(t, "_snn_sparse_band", (bits, size))
+
+
+def tag_events(t, csc):
+    """Record ``t``'s nonzeros by column, ``csc = (colptr, rows, xvals)`` over
+    ``t.reshape(-1, t.shape[-1])`` as :func:`compact_input` makes them, or None when ``t``
+    is too dense to keep compact: a ``spiking_linear`` fed ``t`` then skips compacting it.
+    Bound to ``t``'s state as :func:`tag_band`."""
+    return _bind(t, "_snn_sparse_csc", (csc,))
+
+
+def _bind(t, attr, payload):
     if not torch.compiler.is_compiling():
-        t._snn_sparse_band = (bits, size, t.shape, t._version, t.grad_fn, t.data_ptr())
+        setattr(t, attr, (*payload, t.shape, t._version, t.grad_fn, t.data_ptr()))
     return t
+
+
+def _bound(t, attr):
+    """The payload that :func:`_bind` put on ``t``, or None if absent or stale."""
+    tag = None if torch.compiler.is_compiling() else getattr(t, attr, None)
+    if tag is None:
+        return None
+    *payload, shape, version, grad_fn, ptr = tag
+    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
+            or t.shape != shape):
+        return None
+    return payload
 
 
 def _valid_tag(t):
     """``(bits, size)`` of ``t``'s band tag, or None if untagged or stale."""
-    tag = None if torch.compiler.is_compiling() else getattr(t, "_snn_sparse_band", None)
-    if tag is None:
-        return None
-    bits, size, shape, version, grad_fn, ptr = tag
-    if (t._version != version or t.grad_fn is not grad_fn or t.data_ptr() != ptr
-            or t.shape != shape):
-        return None
-    return bits, size
+    return _bound(t, "_snn_sparse_band")
+
+
+def events_of(t):
+    """``(csc,)`` recorded on ``t`` by :func:`tag_events` (``csc`` None: too dense), or None
+    if untagged or stale."""
+    return _bound(t, "_snn_sparse_csc")
 
 
 def band_of(t):
@@ -615,12 +638,12 @@ class _SpikingLinear(torch.autograd.Function):
     ``T·B·n`` is alive — only one chunk's currents, membrane temporaries and Δ."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, beta, theta, mem0, up_bits, cfg, track):
+    def forward(ctx, x, weight, bias, beta, theta, mem0, up_bits, cfg, track, sink):
         nrn = cfg.neuron
         T, B, n_in = x.shape
         n_out = weight.shape[0]
         x2d = x.reshape(T * B, n_in)
-        need_x, need_w, _, need_beta, need_theta, _, _, _, _ = _needs(ctx, track)
+        need_x, need_w, _, need_beta, need_theta, *_ = _needs(ctx, track)
         # The input, only if the weight gradient needs it: compact when sparse enough.
         # Compaction has a data-dependent size: a traced graph keeps the input dense (the
         # dense GEMM then forms ∂W; equal values), and the library's forward.
@@ -638,20 +661,35 @@ class _SpikingLinear(torch.autograd.Function):
         bounds = [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
         mems, spks = _Rows(T, len(bounds)), _Rows(T, len(bounds))
         bitss, valss, rbitss, cscs, x_compact = [], [], [], [], True
+        # The input's compact form, when the layer that made it recorded it (one chunk).
+        given = events_of(x) if eager and len(bounds) == 1 else None
+        # A hidden layer whose membrane nobody needs runs whole from the compact input in
+        # one op (``linear_lif_events``), which also lists its spikes for the next layer.
+        one_pass = not (cfg.readout or keep_mem or keep_rbits) and nrn.banded
+        out_csc = None
         prev = mem0f
         for t0, t1 in bounds:
             xc = _span(x2d, t0 * B, t1 * B, T * B)
-            csc = compact_input(xc) if need_w and eager else None
+            compacted = given is not None or (need_w and eager)
+            csc = given[0] if given is not None else compact_input(xc) if compacted else None
             x_compact = x_compact and csc is not None
-            cscs.append(csc)
-            events = (events_input(xc, csc, need_w, n_out)
+            cscs.append(csc if need_w else None)
+            events = (events_input(xc, csc, compacted, n_out)
                       if eager and x.device.type == "cpu" else None)
             if events is not None and wt is None:
                 wt = weight.t().contiguous()
-            cur = (ops.linear_fwd_events(*events, wt, bias, xc.shape[0]) if events is not None
-                   else F.linear(xc, weight, bias)).view(t1 - t0, B * n_out)
             if cfg.report is not None and not torch.compiler.is_compiling():
                 cfg.report["fwd"] = "dense" if events is None else "events"
+            if events is not None and one_pass:
+                spk, bits, vals, prev, *out_csc = ops.linear_lif_events(
+                    *events, wt, bias, prev, betaf, thetaf, xc.shape[0], nrn.reset, nrn.b_th,
+                    nrn.gamma, COMPACT_INPUT_MAX_DENSITY)
+                spks.put(t0, spk.view(t1 - t0, B * n_out))
+                bitss.append(bits)
+                valss.append(vals)
+                continue
+            cur = (ops.linear_fwd_events(*events, wt, bias, xc.shape[0]) if events is not None
+                   else F.linear(xc, weight, bias)).view(t1 - t0, B * n_out)
             del events
             mem, spk, bits, vals = _neuron_forward(cur, prev, betaf, thetaf, nrn,
                                                    not cfg.readout, scratch=cur)
@@ -668,6 +706,8 @@ class _SpikingLinear(torch.autograd.Function):
             prev = mem[-1].clone()
             del cur, mem, spk
         mem = mems.out if keep_mem else prev.new_empty(0)
+        if out_csc is not None and len(bounds) == 1:  # the next layer's input, compact
+            sink.append(out_csc if out_csc[0].numel() else None)
         if cfg.report is not None:
             cfg.report["chunks"] = len(bounds)
 
@@ -728,14 +768,14 @@ class _SpikingLinear(torch.autograd.Function):
         if not ctx.keep_mem:  # the empty stand-in (a traced backward still passes one)
             grad_mem = None
         if grad_spk is None and grad_mem is None:
-            return (None,) * 9
+            return (None,) * 10
         like = grad_spk if grad_spk is not None else grad_mem
         step = (B, n_out)
         M = B * n_out
         flat = lambda g: None if g is None else g.reshape(T, M)  # noqa: E731
         grad_spk, grad_mem = flat(grad_spk), flat(grad_mem)
         betaf = _per_element(beta, step, like.dtype, "beta")
-        need_x, need_w, need_b, need_beta, need_theta, need_mem0, _, _, _ = ctx.needs_input_grad
+        need_x, need_w, need_b, need_beta, need_theta, need_mem0, *_ = ctx.needs_input_grad
         wt = weight.t().contiguous() if need_x and up_bits is not None else None
         report = cfg.report is not None and not torch.compiler.is_compiling()
 
@@ -815,7 +855,7 @@ class _SpikingLinear(torch.autograd.Function):
         d_beta = _reduce(d_beta, step, beta_meta) if need_beta else None
         d_theta = _reduce(d_theta, step, theta_meta) if need_theta else None
         d_mem0 = _reduce(carry, step, mem0_meta) if need_mem0 else None
-        return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None
+        return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None, None
 
 
 def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
@@ -836,12 +876,14 @@ def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):
     up_bits = band_of(x) if cfg.sparse else None
     if cfg.readout:
         theta = torch.full((), math.inf, dtype=x.dtype, device=x.device)
+    out_csc = []  # filled by the forward: the spikes' compact form, when it made one
     spk, mem, bits, vals = _SpikingLinear.apply(x, weight, bias, beta, theta, mem0, up_bits,
-                                                cfg, torch.is_grad_enabled())
+                                                cfg, torch.is_grad_enabled(), out_csc)
     shape = (*x.shape[:2], weight.shape[0])
     mem = mem.view(shape) if cfg.membrane or cfg.readout else None
     if cfg.report is not None and not cfg.readout:
         cfg.report["in_band"] = vals.numel()  # the band size (an adaptive band's input)
     if cfg.readout:
         return mem, mem
-    return _mark_band(spk.view(shape), bits, vals, cfg.neuron), mem
+    spk = _mark_band(spk.view(shape), bits, vals, cfg.neuron)
+    return (tag_events(spk, *out_csc) if out_csc else spk), mem

@@ -195,15 +195,21 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "lif_bwd_band", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dw_trace_dense", "dx_masked", "linear_fwd_events", "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd",
-       "syn_bwd")
+       "dw_trace_dense", "dx_masked", "linear_fwd_events", "linear_lif_events", "conv_dw_spikes",
+       "conv_dx_masked", "conv_fwd_events", "syn_fwd", "syn_bwd")
+
+#: Ops the library calls on the CPU only: on CUDA a layer's currents come from the GEMM
+#: (the event-driven forward pays on the CPU; docs/benchmarks.md), so a CUDA call of
+#: these is served by the reference and says nothing about the CUDA backend.
+CPU_ONLY = ("linear_lif_events",)
 
 
 def _fill_missing_devices(how, reason, cuda_note, build_info):
     def describe(key):
         if how is None:
             return f"reference (plain PyTorch) — {reason}"
-        missing = [op for op in OPS if not _has_kernel(op, key)]
+        missing = [op for op in OPS if not _has_kernel(op, key)
+                   and not (key == "CUDA" and op in CPU_ONLY)]
         if not missing:
             return how
         if len(missing) == len(OPS):
@@ -303,6 +309,18 @@ def _register_fakes():
     @fake("linear_fwd_events")
     def _(colptr, rows, xvals, weight_t, bias, R):
         return weight_t.new_empty(R, weight_t.shape[1])
+
+    @fake("linear_lif_events")
+    def _(colptr, rows, xvals, weight_t, bias, mem0, beta, theta, R, reset, b_th, gamma,
+          max_density):
+        ctx = torch.library.get_ctx()
+        n = R * weight_t.shape[1]
+        return (weight_t.new_empty(R, weight_t.shape[1]),
+                weight_t.new_empty((n + 31) // 32, dtype=torch.int32),
+                weight_t.new_empty(ctx.new_dynamic_size()), mem0.new_empty(mem0.shape),
+                weight_t.new_empty(ctx.new_dynamic_size(), dtype=torch.int64),
+                weight_t.new_empty(ctx.new_dynamic_size(), dtype=torch.int32),
+                weight_t.new_empty(ctx.new_dynamic_size()))
 
     @fake("conv_dw_spikes")
     def _(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation, groups):

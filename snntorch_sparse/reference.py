@@ -320,6 +320,34 @@ def linear_fwd_events(colptr, rows, xvals, weight_t, bias, R):
     return out if bias is None else out + bias
 
 
+def linear_lif_events(colptr, rows, xvals, weight_t, bias, mem0, beta, theta, R, reset, b_th,
+                      gamma, max_density):
+    """Op ``linear_lif_events``: a hidden fully connected LIF layer's forward from its
+    compact input, the composition
+
+        I = linear_fwd_events(X),  U = lif_fwd(I, U[0]),  (S, bits, vals) = spike(U − θ),
+        (colptr', rows', xvals') = nonzero_csc(S, max_density)
+
+    over ``R = T·B`` rows (row ``t·B + b``; ``mem0``/``beta``/``theta`` ``[B·n_out]``, the
+    neuron ``(b, j)`` at ``b·n_out + j``). Returns ``(S [R, n_out], bits, vals, U[T] [B·n_out],
+    colptr', rows', xvals')`` — the spikes, their band (finite ``b_th``), the last membrane
+    (the next time chunk's ``U[0]``) and the spikes' own compact form (the next layer's
+    input). The kernel never forms ``I`` or ``U`` whole.
+    """
+    n_out = weight_t.shape[1]
+    if (mem0.dim() != 1 or mem0.numel() == 0 or mem0.numel() % n_out or R <= 0
+            or R % (mem0.numel() // n_out)):
+        raise ValueError(f"linear_lif_events: `mem0` [B·n_out] with R = {R} a whole number of "
+                         f"steps expected, got shape {tuple(mem0.shape)}")
+    if not math.isfinite(b_th):
+        raise ValueError(f"linear_lif_events: `b_th` must be finite (the compact band), got {b_th}")
+    cur = linear_fwd_events(colptr, rows, xvals, weight_t, bias, R).reshape(-1, mem0.numel())
+    mem = lif_fwd(cur, mem0, beta, theta, reset)
+    spk, bits, vals = spike(mem - theta, ATAN, 2.0, b_th, gamma)
+    spk = spk.reshape(R, n_out)
+    return (spk, bits, vals, mem[-1].clone(), *nonzero_csc(spk, max_density))
+
+
 def spike_fn(u, shape=ATAN, p=2.0, b_th=0.2, gamma=1.0):
     """Reference spike with autograd: ``γ·H(u)`` forward, ``γ·g(u)·[|u| < B_th]`` backward."""
     return _SpikeRef.apply(u, shape, p, math.inf if b_th is None else b_th, gamma)

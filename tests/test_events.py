@@ -124,3 +124,157 @@ def test_spiking_linear_uses_events_on_sparse_input(gen, n_out, rate, bias):
     events = density <= _fused.event_max_density(n_out, compacted=False)
     assert layers["sparse"]._report["fwd"] == ("events" if events else "dense")
     assert math.isfinite(outs["sparse"].sum().item())
+
+
+# ------------------------------------------------------------------ linear_lif_events
+def _lif_events_args(gen, dtype, T, B, n_in, n_out, density, graded, bias, reset, gamma):
+    """Arguments of ``linear_lif_events`` on a dyadic grid (every current sums exactly, so
+    the reference's GEMM and the kernel's event walk agree bit for bit)."""
+    x = (torch.rand(T * B, n_in, generator=gen) < density).double()
+    if graded:
+        x = x * _grid(torch.rand(T * B, n_in, generator=gen, dtype=torch.float64) + 0.5, 2**-3)
+    w = _grid(torch.randn(n_out, n_in, generator=gen, dtype=torch.float64) * 0.6)
+    b = _grid(torch.randn(n_out, generator=gen, dtype=torch.float64) * 0.2) if bias else None
+    M = B * n_out
+    mem0 = _grid(torch.randn(M, generator=gen, dtype=torch.float64) * 0.5)
+    beta = _grid(torch.rand(M, generator=gen, dtype=torch.float64), 2**-4)
+    theta = _grid(torch.rand(M, generator=gen, dtype=torch.float64) * 0.5 + 0.5, 2**-4)
+    colptr, rws, xvals = R.nonzero_csc(x.to(dtype), 1.0)
+    return (colptr, rws, xvals, w.t().contiguous().to(dtype), None if b is None else b.to(dtype),
+            mem0.to(dtype), beta.to(dtype), theta.to(dtype), T * B, reset, 0.25, gamma, 0.25)
+
+
+def _unfused(colptr, rws, xvals, wt, b, mem0, beta, theta, rows, reset, b_th, gamma, density):
+    """The ops that ``linear_lif_events`` fuses, in turn."""
+    cur = ops.linear_fwd_events(colptr, rws, xvals, wt, b, rows).view(-1, mem0.numel())
+    mem = ops.lif_fwd(cur, mem0, beta, theta, reset)
+    spk, bits, vals = ops.spike(mem - theta, R.ATAN, 2.0, b_th, gamma)
+    spk = spk.view(rows, -1)
+    return (spk, bits, vals, mem[-1], *ops.nonzero_csc(spk, density))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 1), (9, 3, 40, 37), (30, 4, 120, 64), (6, 2, 20, 200)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.4])
+@pytest.mark.parametrize("reset", [R.SUBTRACT, R.ZERO, R.NONE])
+@pytest.mark.parametrize("variant", ["binary", "graded+bias", "gamma0.5", "gamma0"])
+def test_linear_lif_events(gen, dtype, shape, density, reset, variant):
+    """Equal, bit for bit, to the reference and to the ops it fuses; nothing mutated."""
+    gamma = {"gamma0.5": 0.5, "gamma0": 0.0}.get(variant, 1.0)
+    args = _lif_events_args(gen, dtype, *shape, density, variant == "graded+bias",
+                            variant == "graded+bias", reset, gamma)
+    before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
+    out = ops.linear_lif_events(*args)
+    assert all(torch.equal(a, c) for a, c in
+               zip([a for a in args if isinstance(a, torch.Tensor)], before))
+    for want in (R.linear_lif_events(*args), _unfused(*args)):
+        for got, exp in zip(out, want):
+            assert got.dtype == exp.dtype and torch.equal(got, exp)
+    spk, bits, vals, last, colptr, rws, xvals = out
+    if density > 0 and gamma != 0 and spk.numel() > 100:
+        assert spk.any() and vals.numel() > 0  # the case exercises spikes and a band
+    if colptr.numel():
+        assert torch.equal(R.csc_dense(colptr, rws, xvals, spk.shape[0], dtype), spk)
+    else:  # too dense to list
+        assert (spk != 0).double().mean() > 0.25
+
+
+def test_linear_lif_events_thread_count_and_density_limit(gen):
+    """Column parts per thread do not change any result; spikes denser than
+    ``max_density`` give no compact form (as ``nonzero_csc``)."""
+    args = _lif_events_args(gen, torch.float32, 40, 8, 50, 96, 0.3, False, True, R.SUBTRACT,
+                            1.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.linear_lif_events(*args)
+    finally:
+        torch.set_num_threads(threads)
+    out = ops.linear_lif_events(*args)
+    assert all(torch.equal(a, b) for a, b in zip(one, out))
+    rate = (out[0] != 0).double().mean().item()
+    assert 0 < rate < 1
+    dense = ops.linear_lif_events(*args[:-1], rate / 2)
+    assert all(t.numel() == 0 for t in dense[4:])
+    assert all(torch.equal(a, b) for a, b in zip(dense[:4], out[:4]))
+
+
+def test_linear_lif_events_opcheck(gen):
+    for variant in (False, True):
+        args = _lif_events_args(gen, torch.float64, 7, 3, 12, 20, 0.3, variant, variant,
+                                R.SUBTRACT, 1.0)
+        torch.library.opcheck(ops.linear_lif_events, args)
+
+
+def _lif_bad(**change):
+    a = dict(colptr=_CP, rows=_ROWS, xvals=_ONES, weight_t=torch.zeros(3, 2), bias=None,
+             mem0=torch.zeros(4), beta=torch.zeros(4), theta=torch.ones(4), R=4, reset=0,
+             b_th=0.2, gamma=1.0, max_density=0.25)
+    a.update(change)
+    return tuple(a.values())
+
+
+@pytest.mark.parametrize("args, match", [
+    (_lif_bad(mem0=torch.zeros(3)), "`mem0` must be \\[B \\* n_out\\]"),
+    (_lif_bad(R=5), "`R` \\(5\\) must be a whole number"),
+    (_lif_bad(R=2, colptr=torch.tensor([0, 2, 2, 2]), rows=torch.tensor([1, 0], dtype=torch.int32)),
+     "`rows` must ascend"),
+    (_lif_bad(beta=torch.zeros(4, dtype=torch.float64)), "`beta` must have the dtype"),
+    (_lif_bad(theta=torch.ones(2)), "`theta` must have shape \\[M\\] = \\[4\\]"),
+    (_lif_bad(b_th=math.inf), "`b_th` must be finite"),
+    (_lif_bad(b_th=0.0), "b_th"),
+    (_lif_bad(reset=5), "`reset` must be"),
+    (_lif_bad(weight_t=torch.zeros(3, 0)), "at least one output column"),
+    (_lif_bad(bias=torch.zeros(3)), "`bias` must be"),
+    (_lif_bad(xvals=torch.zeros(5)), "`xvals` must be empty"),
+])
+def test_linear_lif_events_bad_arguments(args, match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        ops.linear_lif_events(*args)
+
+
+def test_hidden_layers_pass_their_spikes_compact(gen):
+    """A sparse hidden layer runs as one op and records its spikes' compact form on its
+    output, which the next layer uses instead of compacting them again; outputs equal the
+    dense mode's bit for bit, gradients the reference's. An in-place change of the spikes
+    or a chunked sequence leaves no record."""
+    dt = torch.float64
+    nets = {mode: [SpikingLinear(30, 64, beta=0.875, bias=True, backward=mode, b_th=0.3,
+                                 dtype=dt),
+                   SpikingLinear(64, 64, beta=0.75, bias=True, backward=mode, b_th=0.3,
+                                 dtype=dt)] for mode in ("sparse", "dense")}
+    with torch.no_grad():
+        for i, (n_in, n_out) in enumerate([(30, 64), (64, 64)]):
+            w = _grid(torch.randn(n_out, n_in, generator=gen, dtype=dt) * 0.4 + 0.05)
+            b = _grid(torch.randn(n_out, generator=gen, dtype=dt) * 0.1)
+            for mode in nets:
+                nets[mode][i].weight.copy_(w)
+                nets[mode][i].bias.copy_(b)
+    x = (torch.rand(50, 4, 30, generator=gen) < 0.08).to(dt)
+    l1, l2 = nets["sparse"]
+    h = l1(x)
+    assert _fused.events_of(h) is not None and _fused.band_of(h) is not None
+    colptr, rws, xvals = _fused.events_of(h)[0]
+    assert torch.equal(R.csc_dense(colptr, rws, xvals, 200, dt), h.reshape(200, 64))
+    assert 0 < (h != 0).double().mean() <= _fused.COMPACT_INPUT_MAX_DENSITY
+    out = l2(h)
+    assert l2._report["fwd"] == "events"
+    assert torch.equal(out, nets["dense"][1](nets["dense"][0](x))) and out.any()
+    params = [*l1.parameters(), *l2.parameters()]
+    got = torch.autograd.grad(out.sum(), params)
+    ref = x
+    for layer in (l1, l2):
+        ref = R.spiking_linear(ref, layer.weight, layer.bias, layer.beta, layer.threshold,
+                               b_th=0.3)
+    want = torch.autograd.grad(ref.sum(), params)
+    for a, b in zip(got, want):  # sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert b.any()
+
+    with torch.no_grad():  # inference compacts for the forward alone, and records it
+        h = l1(x)
+        assert _fused.events_of(h) is not None
+        h.mul_(1)
+    assert _fused.events_of(h) is None
+    l1.time_chunk = 32  # two chunks: per-chunk lists are not recorded
+    assert _fused.events_of(l1(x)) is None and l1._report["chunks"] == 2

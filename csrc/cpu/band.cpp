@@ -35,13 +35,13 @@ SNN_VECTOR_CLONES int64_t spike_words(const T* u, T* spk, int32_t* bits, int64_t
     uint32_t word = 0;
     if (m == 32) {
       for (int j = 0; j < 32; ++j) {
-        sw[j] = (uw[j] > T(0) ? T(1) : T(0)) * g;
-        word |= static_cast<uint32_t>(std::abs(uw[j]) < bth) << j;
+        sw[j] = spike_value(uw[j], g);
+        word |= in_band(uw[j], bth) << j;
       }
     } else {
       for (int64_t j = 0; j < m; ++j) {
-        sw[j] = (uw[j] > T(0) ? T(1) : T(0)) * g;
-        word |= static_cast<uint32_t>(std::abs(uw[j]) < bth) << j;
+        sw[j] = spike_value(uw[j], g);
+        word |= in_band(uw[j], bth) << j;
       }
     }
     bits[w] = static_cast<int32_t>(word);
@@ -70,7 +70,7 @@ std::tuple<Tensor, Tensor, Tensor> spike_cpu(const Tensor& u_in, int64_t shape, 
     const scalar_t g = static_cast<scalar_t>(gamma);
     const scalar_t bth = static_cast<scalar_t>(b_th);
     auto write_spikes = [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) sp[k] = (up[k] > scalar_t(0) ? scalar_t(1) : scalar_t(0)) * g;
+      for (int64_t k = k0; k < k1; ++k) sp[k] = spike_value(up[k], g);
     };
     if (dense) {
       at::parallel_for(0, n, kChunkWords * 32, write_spikes);

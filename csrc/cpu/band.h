@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -38,6 +39,14 @@ void with_shape(int64_t shape, F&& f) {
     default: f(std::integral_constant<int64_t, STRAIGHT_THROUGH>()); break;
   }
 }
+
+// The spike gamma*H(u) of u = U - theta, and whether u lies in the band |u| < b_th, as
+// reference.spike computes them (torch rounds gamma and b_th to the dtype first).
+template <typename T>
+inline T spike_value(T u, T gamma) { return (u > T(0) ? T(1) : T(0)) * gamma; }
+
+template <typename T>
+inline uint32_t in_band(T u, T b_th) { return static_cast<uint32_t>(std::abs(u) < b_th); }
 
 // Bits of word w that belong to a tensor of n elements (the last word may be partial).
 inline uint32_t valid_mask(int64_t w, int64_t n) {

@@ -23,9 +23,6 @@ namespace {
 
 using at::Tensor;
 
-// Expression order as reference.lif_fwd (snnTorch's Leaky), so float64 is bit-identical
-// (as long as the compiler does not fuse multiply-adds: -ffp-contract=off). GCC
-// vectorises the reset's select only with -fno-trapping-math, as torch is built.
 template <typename T, int64_t R>
 void lif_fwd_block(const T* cur, const T* mem0, const T* beta, const T* theta, T* out,
                    int64_t steps, int64_t M, int64_t m0, int64_t m1) {
@@ -36,16 +33,7 @@ void lif_fwd_block(const T* cur, const T* mem0, const T* beta, const T* theta, T
     const T* __restrict prev = t ? out + (t - 1) * M + m0 : mem0 + m0;
     const T* __restrict c = cur + t * M + m0;
     T* __restrict u = out + t * M + m0;
-    for (int64_t j = 0; j < n; ++j) {
-      const T r = prev[j] - th[j] > T(0) ? T(1) : T(0);
-      if constexpr (R == SUBTRACT) {
-        u[j] = be[j] * prev[j] + c[j] - r * th[j];
-      } else if constexpr (R == ZERO) {
-        u[j] = be[j] * ((T(1) - r) * prev[j]) + c[j];
-      } else {
-        u[j] = be[j] * prev[j] + c[j];
-      }
-    }
+    for (int64_t j = 0; j < n; ++j) u[j] = lif_update<T, R>(prev[j], c[j], be[j], th[j]);
   }
 }
 

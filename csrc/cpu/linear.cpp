@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "cpu/alloc.h"
+#include "cpu/band.h"
+#include "cpu/scan.h"
 #include "common.h"
 #include "cpu/checks.h"
 #include "cpu/sparse_args.h"
@@ -335,36 +337,52 @@ Tensor dx_masked_cpu(const Tensor& delta_in, const Tensor& wt_in, const Tensor& 
 // read again. Threads own blocks of output rows, small enough to stay in L2 while every
 // column adds its weight row to the block's rows that it holds: out[r] = bias + Σ over
 // the column's entries (r, i) of x * weight_t[i, :], the columns in ascending i — each
-// output's sum in the order of a walk along its row. `next` (n_in entries) is scratch:
-// each column's first entry at or after the block (rows ascend within a column).
+// output's sum in the order of a walk along its row.
+
+// out[r - r0, :width] = bias[:width] + Σ over the entries (r, i) of rows [r0, r1) of
+// x * wt[i, :width] (weight rows `ldw` apart, output rows `width` apart), the columns in
+// ascending i. next[i] (n_in entries): column i's first entry at or after r0 (rows ascend
+// within a column); left at its first entry at or after r1.
+template <typename T>
+SNN_CLONE_INLINE void add_events(const int64_t* colptr, const int32_t* rows, const T* xvals, const T* wt,
+                       int64_t ldw, const T* bias, T* out, int64_t width, int64_t r0, int64_t r1,
+                       int64_t n_in, int64_t* next) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* __restrict o = out + (r - r0) * width;
+    for (int64_t j = 0; j < width; ++j) o[j] = bias ? bias[j] : T(0);
+  }
+  for (int64_t i = 0; i < n_in; ++i) {
+    const T* __restrict w = wt + i * ldw;
+    int64_t k = next[i];
+    for (; k < colptr[i + 1] && rows[k] < r1; ++k) {
+      T* __restrict o = out + (static_cast<int64_t>(rows[k]) - r0) * width;
+      if (xvals) {
+        const T v = xvals[k];
+        for (int64_t j = 0; j < width; ++j) o[j] += v * w[j];
+      } else {  // binary input: x = 1 exactly, skip the products
+        for (int64_t j = 0; j < width; ++j) o[j] += w[j];
+      }
+    }
+    next[i] = k;
+  }
+}
+
+// Column i's first entry at or after row `first`, for each i.
+inline void first_entries(const int64_t* colptr, const int32_t* rows, int64_t n_in, int64_t first,
+                          int64_t* next) {
+  for (int64_t i = 0; i < n_in; ++i)
+    next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], static_cast<int32_t>(first)) - rows;
+}
+
 template <typename T>
 SNN_VECTOR_CLONES void fwd_events_blocks(const int64_t* colptr, const int32_t* rows, const T* xvals,
                                          const T* wt, const T* bias, T* out, int64_t R, int64_t n_in,
                                          int64_t n_out, int64_t block, int64_t b0, int64_t b1,
                                          int64_t* next) {
-  const int32_t first = static_cast<int32_t>(b0 * block);
-  for (int64_t i = 0; i < n_in; ++i)
-    next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], first) - rows;
+  first_entries(colptr, rows, n_in, b0 * block, next);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t r0 = b * block, r1 = std::min(R, r0 + block);
-    for (int64_t r = r0; r < r1; ++r) {
-      T* __restrict o = out + r * n_out;
-      for (int64_t j = 0; j < n_out; ++j) o[j] = bias ? bias[j] : T(0);
-    }
-    for (int64_t i = 0; i < n_in; ++i) {
-      const T* __restrict w = wt + i * n_out;
-      int64_t k = next[i];
-      for (; k < colptr[i + 1] && rows[k] < r1; ++k) {
-        T* __restrict o = out + static_cast<int64_t>(rows[k]) * n_out;
-        if (xvals) {
-          const T v = xvals[k];
-          for (int64_t j = 0; j < n_out; ++j) o[j] += v * w[j];
-        } else {  // binary input: x = 1 exactly, skip the products
-          for (int64_t j = 0; j < n_out; ++j) o[j] += w[j];
-        }
-      }
-      next[i] = k;
-    }
+    add_events(colptr, rows, xvals, wt, n_out, bias, out + r0 * n_out, n_out, r0, r1, n_in, next);
   }
 }
 
@@ -391,11 +409,7 @@ Tensor linear_fwd_events_cpu(const Tensor& colptr_in, const Tensor& rows_in, con
   const Tensor colptr = colptr_in.contiguous(), rows = rows_in.contiguous(), xvals = xvals_in.contiguous();
   const int64_t* cp = colptr.const_data_ptr<int64_t>();
   const int32_t* rp = rows.const_data_ptr<int32_t>();
-  // The blocks find their entries by a row-ordered walk of each column.
-  for (int64_t i = 0; i < n_in; ++i)
-    for (int64_t k = cp[i] + 1; k < cp[i + 1]; ++k)
-      TORCH_CHECK(rp[k - 1] < rp[k], op, ": `rows` must ascend within each column (column ", i,
-                  ", entry ", k, ")");
+  check_rows_ascend(cp, rp, n_in, op);  // the blocks walk each column in row order
   Tensor out = empty_output({R, n_out}, wt_in.options());
   if (out.numel() == 0) return out;
   const Tensor wt = wt_in.contiguous();
@@ -414,12 +428,244 @@ Tensor linear_fwd_events_cpu(const Tensor& colptr_in, const Tensor& rows_in, con
   return out;
 }
 
+// ---------------------------------------------------------------- linear_lif_events
+// A hidden layer's forward from its compact input in one sweep over time: currents
+// (linear_fwd_events), membrane (lif_fwd), spikes and band (spike of U - theta) and the
+// spikes' own compact form (nonzero_csc, the next layer's input), without forming the
+// [R, n_out] currents or membrane. The recurrence runs along t independently per neuron,
+// so threads own ranges of output columns for the whole sequence and never wait for each
+// other: for a block of steps a thread sums its columns' currents into an L2-sized buffer
+// (add_events), steps their membranes, writes their spikes and lists its band entries and
+// spikes; the lists are merged in row-major order at the end. Every value is computed by
+// the expressions, in the order, of the unfused ops, so the results are theirs bit for bit.
+
+// Bytes of a thread's block of currents.
+constexpr int64_t kLifBlockBytes = 128 << 10;
+
+// One row of a thread's n columns: U from the previous U (`state`, updated) and the current
+// `c` (overwritten by u = U - theta), the spikes `s`; bit j % 32 of band[j / 32] / fire[j / 32]
+// says |u| < b_th / s != 0 for column j.
+template <typename T, int64_t RST>
+SNN_CLONE_INLINE void lif_spike_row(T* c, T* state, const T* be, const T* th, T* s, int64_t n, T g, T bth,
+                          uint32_t* band, uint32_t* fire) {
+  auto lane = [&](int64_t k, int j, uint32_t& bw, uint32_t& fw) {
+    const T mem = lif_update<T, RST>(state[k], c[k], be[k], th[k]);
+    state[k] = mem;
+    const T u = mem - th[k];
+    c[k] = u;
+    const T sv = spike_value(u, g);
+    s[k] = sv;
+    bw |= in_band(u, bth) << j;
+    fw |= static_cast<uint32_t>(sv != T(0)) << j;
+  };
+  for (int64_t w0 = 0; w0 < n; w0 += 32) {
+    uint32_t bw = 0, fw = 0;
+    if (n - w0 >= 32) {  // a whole word's lanes in one loop that vectorises
+      for (int j = 0; j < 32; ++j) lane(w0 + j, j, bw, fw);
+    } else {
+      for (int j = 0; j < n - w0; ++j) lane(w0 + j, j, bw, fw);
+    }
+    band[w0 / 32] = bw;
+    fire[w0 / 32] = fw;
+  }
+}
+
+// What a thread keeps of its columns [n0, n0 + n) across the blocks of steps: U of its
+// B x n neurons (`state`) with their beta and theta, and its cursor into each input column.
+template <typename T>
+struct LifColumns {
+  const int64_t* colptr;
+  const int32_t* rows;
+  const T* xvals;  // nullptr: binary input
+  const T* wt;     // weight_t, offset to column n0
+  const T* bias;   // offset to n0, or nullptr
+  int64_t n_in, n_out, n0, n, B;
+  T* state;
+  const T* beta;
+  const T* theta;
+  int64_t* next;
+};
+
+// Rows [r0, r1) (whole steps) of a thread's columns: currents into `cur` (add_events), then
+// per row the membranes, spikes (into spk) and the band / fire words of the row (`words`
+// apart). Does not throw (SNN_VECTOR_CLONES): all buffers are allocated by the caller.
+template <typename T, int64_t RST>
+SNN_VECTOR_CLONES void lif_block(const LifColumns<T>& p, T* cur, T* spk, int64_t r0, int64_t r1, T g,
+                                 T bth, uint32_t* band, uint32_t* fire, int64_t words) {
+  add_events(p.colptr, p.rows, p.xvals, p.wt, p.n_out, p.bias, cur, p.n, r0, r1, p.n_in, p.next);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = (r % p.B) * p.n, i = r - r0;
+    lif_spike_row<T, RST>(cur + i * p.n, p.state + b, p.beta + b, p.theta + b, spk + r * p.n_out + p.n0, p.n, g,
+                          bth, band + i * words, fire + i * words);
+  }
+}
+
+// What one thread records over its columns: its band entries in row-major order (column
+// and u of each, and how many per row) and its spikes (row, column) in row order.
+template <typename T>
+struct LifPart {
+  int64_t n0 = 0, n = 0;
+  std::vector<T> band_vals;
+  std::vector<int32_t> band_cols, row_counts, fired_rows, fired_cols;
+};
+
+template <typename T, int64_t RST>
+void lif_part(LifPart<T>& part, const int64_t* colptr, const int32_t* rows, const T* xvals,
+              const T* wt, const T* bias, const T* mem0, const T* beta, const T* theta, T* spk,
+              T* mem_last, int64_t R, int64_t B, int64_t n_in, int64_t n_out, T g, T bth) {
+  const int64_t n0 = part.n0, n = part.n, steps = R / B, words = (n + 31) / 32;
+  const int64_t block = std::max<int64_t>(1, kLifBlockBytes / (B * n * static_cast<int64_t>(sizeof(T))));
+  std::vector<T> cur(block * B * n), state(B * n), be(B * n), th(B * n);
+  std::vector<uint32_t> band(block * B * words), fire(block * B * words);
+  std::vector<int64_t> next(n_in);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t m = b * n_out + n0 + j;
+      state[b * n + j] = mem0[m];
+      be[b * n + j] = beta[m];
+      th[b * n + j] = theta[m];
+    }
+  part.row_counts.assign(R, 0);
+  first_entries(colptr, rows, n_in, 0, next.data());
+  const LifColumns<T> cols{colptr, rows, xvals, wt + n0, bias ? bias + n0 : nullptr, n_in, n_out, n0, n, B,
+                           state.data(), be.data(), th.data(), next.data()};
+  for (int64_t t0 = 0; t0 < steps; t0 += block) {
+    const int64_t r0 = t0 * B, r1 = std::min(steps, t0 + block) * B;
+    lif_block<T, RST>(cols, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
+    for (int64_t r = r0; r < r1; ++r) {  // the lists (which allocate) outside the clones
+      const int64_t i = r - r0;
+      for (int64_t w = 0; w < words; ++w) {
+        for (uint32_t word = band[i * words + w]; word; word &= word - 1) {
+          const int64_t j = w * 32 + __builtin_ctz(word);
+          part.band_vals.push_back(cur[i * n + j]);
+          part.band_cols.push_back(static_cast<int32_t>(n0 + j));
+          ++part.row_counts[r];
+        }
+        for (uint32_t word = fire[i * words + w]; word; word &= word - 1) {
+          part.fired_rows.push_back(static_cast<int32_t>(r));
+          part.fired_cols.push_back(static_cast<int32_t>(n0 + w * 32 + __builtin_ctz(word)));
+        }
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < n; ++j) mem_last[b * n_out + n0 + j] = state[b * n + j];
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_events_cpu(
+    const Tensor& colptr_in, const Tensor& rows_in, const Tensor& xvals_in, const Tensor& wt_in,
+    const std::optional<Tensor>& bias_in, const Tensor& mem0_in, const Tensor& beta_in,
+    const Tensor& theta_in, int64_t R, int64_t reset, double b_th, double gamma, double max_density) {
+  constexpr const char* op = "linear_lif_events";
+  check_float(wt_in, op, "weight_t");
+  TORCH_CHECK(wt_in.dim() == 2, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ", wt_in.sizes());
+  const int64_t n_in = wt_in.size(0), n_out = wt_in.size(1);
+  TORCH_CHECK(n_out > 0, op, ": `weight_t` must have at least one output column, got shape ", wt_in.sizes());
+  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
+  check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
+  check_xvals(xvals_in, wt_in, rows_in.numel(), op, "weight_t");
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_float(*bias_in, op, "bias");
+    TORCH_CHECK(bias_in->scalar_type() == wt_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
+                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `weight_t` (", wt_in.scalar_type(),
+                "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
+  }
+  check_float(mem0_in, op, "mem0");
+  const int64_t M = mem0_in.numel();
+  TORCH_CHECK(mem0_in.dim() == 1 && M > 0 && M % n_out == 0, op, ": `mem0` must be [B * n_out] (one step ",
+              "of B rows of ", n_out, " neurons), got shape ", mem0_in.sizes());
+  const int64_t B = M / n_out;
+  TORCH_CHECK(R > 0 && R % B == 0, op, ": `R` (", R, ") must be a whole number (>= 1) of steps of B = ", B,
+              " rows");
+  check_vec(mem0_in, wt_in, M, op, "mem0", "weight_t");
+  check_vec(beta_in, wt_in, M, op, "beta", "weight_t");
+  check_vec(theta_in, wt_in, M, op, "theta", "weight_t");
+  check_reset(reset, op);
+  check_b_th(b_th, op);
+  TORCH_CHECK(std::isfinite(b_th), op, ": `b_th` must be finite (the compact band), got ", b_th);
+  const Tensor colptr = colptr_in.contiguous(), rows = rows_in.contiguous(), xvals = xvals_in.contiguous();
+  const int64_t* cp = colptr.const_data_ptr<int64_t>();
+  const int32_t* rp = rows.const_data_ptr<int32_t>();
+  check_rows_ascend(cp, rp, n_in, op);
+  const Tensor wt = wt_in.contiguous(), mem0 = mem0_in.contiguous(), beta = beta_in.contiguous(),
+               theta = theta_in.contiguous();
+  const Tensor bias = has_bias ? bias_in->contiguous() : Tensor();
+  const int64_t n = R * n_out;
+  Tensor spk = empty_output({R, n_out}, wt.options());
+  Tensor bits = zeros_output({(n + 31) / 32}, wt.options().dtype(at::kInt));
+  Tensor mem_last = empty_output({M}, wt.options());
+  Tensor vals, out_colptr, out_rows, out_xvals;
+  // Parts of at least 16 columns (a vector's worth of work per row), one per thread.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_out / 16));
+  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "linear_lif_events_cpu", [&] {
+    using T = scalar_t;
+    std::vector<LifPart<T>> part(parts);
+    for (int64_t q = 0; q < parts; ++q) {
+      part[q].n0 = n_out * q / parts;
+      part[q].n = n_out * (q + 1) / parts - part[q].n0;
+    }
+    const T g = static_cast<T>(gamma), bth = static_cast<T>(b_th);
+    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        auto run = [&](auto kernel) {
+          kernel(part[q], cp, rp, xvals.numel() ? xvals.const_data_ptr<T>() : nullptr, wt.const_data_ptr<T>(),
+                 has_bias ? bias.const_data_ptr<T>() : nullptr, mem0.const_data_ptr<T>(),
+                 beta.const_data_ptr<T>(), theta.const_data_ptr<T>(), spk.mutable_data_ptr<T>(),
+                 mem_last.mutable_data_ptr<T>(), R, B, n_in, n_out, g, bth);
+        };
+        if (reset == SUBTRACT) run(lif_part<T, SUBTRACT>);
+        else if (reset == ZERO) run(lif_part<T, ZERO>);
+        else run(lif_part<T, NONE>);
+      }
+    });
+    // The band, row by row: in a row the parts' columns ascend with the part.
+    int64_t nnz = 0, fired = 0;
+    for (const auto& pt : part) {
+      nnz += static_cast<int64_t>(pt.band_vals.size());
+      fired += static_cast<int64_t>(pt.fired_rows.size());
+    }
+    vals = empty_output({nnz}, wt.options());
+    T* vp = vals.mutable_data_ptr<T>();
+    uint32_t* bp = reinterpret_cast<uint32_t*>(bits.mutable_data_ptr<int32_t>());
+    std::vector<int64_t> at_entry(parts, 0);
+    int64_t o = 0;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t q = 0; q < parts; ++q)
+        for (int32_t e = 0; e < part[q].row_counts[r]; ++e, ++o) {
+          const int64_t k = r * n_out + part[q].band_cols[at_entry[q]];
+          bp[k >> 5] |= 1u << (k & 31);
+          vp[o] = part[q].band_vals[at_entry[q]++];
+        }
+    // The spikes by column (each part lists its columns' rows in ascending order).
+    if (static_cast<double>(fired) > max_density * static_cast<double>(n)) {  // as nonzero_csc
+      out_colptr = empty_output({0}, wt.options().dtype(at::kLong));
+      out_rows = empty_output({0}, wt.options().dtype(at::kInt));
+      out_xvals = empty_output({0}, wt.options());
+      return;
+    }
+    out_colptr = zeros_output({n_out + 1}, wt.options().dtype(at::kLong));
+    int64_t* ocp = out_colptr.mutable_data_ptr<int64_t>();
+    for (const auto& pt : part)
+      for (int32_t c : pt.fired_cols) ++ocp[c + 1];
+    for (int64_t c = 0; c < n_out; ++c) ocp[c + 1] += ocp[c];
+    out_rows = empty_output({fired}, wt.options().dtype(at::kInt));
+    int32_t* orp = out_rows.mutable_data_ptr<int32_t>();
+    std::vector<int64_t> fill(ocp, ocp + n_out);
+    for (const auto& pt : part)  // rows ascend within each part's list, so within a column
+      for (size_t e = 0; e < pt.fired_rows.size(); ++e) orp[fill[pt.fired_cols[e]]++] = pt.fired_rows[e];
+    out_xvals = g == T(1) ? empty_output({0}, wt.options()) : at::full({fired}, g, wt.options());
+  });
+  return {spk, bits, vals, mem_last, out_colptr, out_rows, out_xvals};
+}
+
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("dw_spikes", &dw_spikes_cpu);
   m.impl("dw_trace", &dw_trace_cpu);
   m.impl("dw_trace_dense", &dw_trace_dense_cpu);
   m.impl("dx_masked", &dx_masked_cpu);
   m.impl("linear_fwd_events", &linear_fwd_events_cpu);
+  m.impl("linear_lif_events", &linear_lif_events_cpu);
 }
 
 }  // namespace snntorch_sparse

@@ -24,6 +24,22 @@ void for_each_block(int64_t M, const F& block) {
   });
 }
 
+// U[t] from U[t-1] (`prev`) and I[t] (`c`), in the expression order of reference.lif_fwd
+// (snnTorch's Leaky), so float64 is bit-identical (as long as the compiler does not fuse
+// multiply-adds: -ffp-contract=off). GCC vectorises the reset's select only with
+// -fno-trapping-math, as torch is built.
+template <typename T, int64_t R>
+inline T lif_update(T prev, T c, T be, T th) {
+  const T r = prev - th > T(0) ? T(1) : T(0);
+  if constexpr (R == SUBTRACT) {
+    return be * prev + c - r * th;
+  } else if constexpr (R == ZERO) {
+    return be * ((T(1) - r) * prev) + c;
+  } else {
+    return be * prev + c;
+  }
+}
+
 // A per-neuron vector: 1-D of length M, the dtype of the sequence.
 inline void check_vec(const at::Tensor& t, const at::Tensor& like, int64_t M, const char* op,
                       const char* name, const char* like_name) {

@@ -18,6 +18,12 @@
 #else
 #define SNN_VECTOR_CLONES
 #endif
+// For a helper of several workers: inlined into each clone, so compiled for its width.
+#if defined(__GNUC__)
+#define SNN_CLONE_INLINE __attribute__((always_inline)) inline
+#else
+#define SNN_CLONE_INLINE inline
+#endif
 
 namespace snntorch_sparse {
 
@@ -49,6 +55,14 @@ inline void check_compressed(const at::Tensor& ptr, const at::Tensor& idx, int64
     TORCH_CHECK(lo >= 0 && hi < n_minor, op, ": `", idx_name, "` must lie in [0, ", n_minor,
                 "), got values in [", lo, ", ", hi, "]");
   }
+}
+
+// Rows ascending within each column of a checked CSC (kernels that walk a column in time).
+inline void check_rows_ascend(const int64_t* colptr, const int32_t* rows, int64_t n_in, const char* op) {
+  for (int64_t i = 0; i < n_in; ++i)
+    for (int64_t k = colptr[i] + 1; k < colptr[i + 1]; ++k)
+      TORCH_CHECK(rows[k - 1] < rows[k], op, ": `rows` must ascend within each column (column ", i,
+                  ", entry ", k, ")");
 }
 
 // `xvals`: empty (binary input, every value 1) or one value per input nonzero.
