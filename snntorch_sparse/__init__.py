@@ -27,6 +27,7 @@ import pkgutil as _pkgutil  # noqa: E402
 import snntorch as _snntorch  # noqa: E402
 
 from . import surrogate  # noqa: E402
+from ._ops import empty_cache  # noqa: E402
 from .convert import sparsify  # noqa: E402
 from .fuse import fuse  # noqa: E402
 from .leaky import Leaky  # noqa: E402
@@ -35,8 +36,8 @@ from .spiking_linear import SpikingLinear  # noqa: E402
 from .surrogate import AdaptiveBand  # noqa: E402
 from .synaptic import Synaptic  # noqa: E402
 
-__all__ = ["AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear", "Synaptic", "fuse",
-           "sparsify",
+__all__ = ["AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear", "Synaptic", "empty_cache",
+           "fuse", "sparsify",
            "surrogate"]
 
 

@@ -240,7 +240,8 @@ def test_one_import_switch():
     assert {"Leaky", "SpikingLinear", "sparsify", "surrogate", "fuse", "Synaptic", "utils",
             "functional", "spikegen"} <= set(listed)
     assert set(snn.__all__) == {"AdaptiveBand", "Leaky", "SpikingConv2d", "SpikingLinear",
-                                "Synaptic", "fuse", "sparsify", "surrogate"}
+                                "Synaptic", "empty_cache", "fuse", "sparsify", "surrogate"}
+    assert snn.empty_cache is snntorch_sparse._ops.empty_cache
 
 
 def test_default_is_atan_with_band():

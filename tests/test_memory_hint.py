@@ -1,7 +1,8 @@
-"""Large CPU outputs in huge pages (``advise_huge_pages``, ``_ops.empty_output``) and the
-max pooling that writes into them (``_conv.max_pool2d``): a memory hint must change no
-value, must take effect where the system allows it, and the pooling must equal the
-library's in values and gradients."""
+"""Large CPU outputs in huge pages (``advise_huge_pages``, ``_ops.empty_output``), reused
+from the kernels' cache of freed outputs (``csrc/cpu/alloc.h``), and the max pooling that
+writes into them (``_conv.max_pool2d``): a memory hint must change no value, must take
+effect where the system allows it, a cached block must never serve two live tensors, and
+the pooling must equal the library's in values and gradients."""
 
 import re
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+import snntorch_sparse
 from snntorch_sparse import _conv, _ops
+from snntorch_sparse import reference as R
 from snntorch_sparse._ops import empty_output, ops
 
 needs_hint = pytest.mark.skipif(not _ops._HUGE_PAGES, reason="no compiled kernels")
@@ -50,6 +53,45 @@ def test_hinted_output_gets_huge_pages():
             elif overlaps and line.startswith("AnonHugePages:"):
                 huge_kb += int(line.split()[1])
     assert huge_kb >= 2048, huge_kb
+
+
+def _spikes(u):
+    return ops.spike(u, R.ATAN, 2.0, 0.2, 1.0)
+
+
+@needs_hint
+def test_large_outputs_reuse_freed_blocks():
+    snntorch_sparse.empty_cache()
+    assert _ops.cached_output_bytes() == 0
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(3000, 1000, generator=g), torch.randn(3000, 1000, generator=g)
+    a = _spikes(u)[0]
+    ptr = a.data_ptr()
+    b = _spikes(v)[0]  # a is alive: another block
+    assert b.data_ptr() != ptr
+    del a
+    assert _ops.cached_output_bytes() >= u.numel() * 4  # kept, rounded up to huge pages
+    c = _spikes(v)[0]  # the freed block again, written afresh
+    assert c.data_ptr() == ptr and _ops.cached_output_bytes() == 0
+    want = R.spike(v, R.ATAN, 2.0, 0.2, 1.0)[0]
+    assert torch.equal(b, want) and torch.equal(c, want)
+    small = _spikes(u[:10])[0]  # below the size limit: torch's own allocator
+    del b, c, small
+    assert _ops.cached_output_bytes() >= 2 * u.numel() * 4
+    snntorch_sparse.empty_cache()
+    assert _ops.cached_output_bytes() == 0
+
+
+@needs_hint
+def test_outputs_freed_on_other_threads_return_to_the_cache():
+    """Outputs of a backward are freed wherever autograd drops them (its own threads)."""
+    snntorch_sparse.empty_cache()
+    u = torch.randn(3000, 1000, requires_grad=True)
+    spk = _spikes(u)[0]
+    spk.backward(torch.ones_like(spk))  # band_grad's output becomes u.grad (not cached)
+    del spk
+    assert _ops.cached_output_bytes() > 0
+    snntorch_sparse.empty_cache()
 
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1,
