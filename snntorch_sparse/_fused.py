@@ -442,7 +442,8 @@ class LinearConfig:
     no reset, the membrane is the output. ``dw_form``: force a weight-gradient form
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
-    it used (``"dw"``) and whether the input gradient was masked (``"dx_masked"``), and
+    it used (``"dw"``), whether the input gradient was masked (``"dx_masked"``) and whether
+    it ran as one op (``"bwd"``: "one pass") or op by op ("ops"), and
     :func:`spiking_linear` with the band size (``"in_band"``) and the number of time chunks
     (``"chunks"``). ``time_chunk``: steps per chunk (:func:`chunk_steps`; None: one).
     ``membrane``: whether the caller wants the membrane sequence (False: :func:`spiking_linear`
@@ -743,7 +744,7 @@ class _SpikingLinear(torch.autograd.Function):
         ctx.bounds = bounds
         ctx.save_for_backward(
             x if need_w and not ctx.x_compact else None,
-            weight if need_x else None, bits, vals, beta, rbits,
+            weight if need_x or need_w else None, bits, vals, beta, rbits,
             mem if need_beta else None, mem0f if need_beta else None,
             up_bits if (need_x and cfg.sparse) else None, *csc_saved,
         )
@@ -779,6 +780,9 @@ class _SpikingLinear(torch.autograd.Function):
         wt = weight.t().contiguous() if need_x and up_bits is not None else None
         report = cfg.report is not None and not torch.compiler.is_compiling()
 
+        one_pass = _one_pass_backward(ctx, grad_spk, grad_mem, up_bits, csc_saved)
+        if one_pass is not None:
+            return one_pass
         dxs = _Rows(T * B, len(ctx.bounds))
         d_w, d_b, d_beta, d_theta, carry = None, None, None, None, None
         # A dense input's trace form is one walk over the whole input after the chunks
@@ -848,14 +852,49 @@ class _SpikingLinear(torch.autograd.Function):
                                      ctx.trace_beta, T, B, n_out).t()
             if report:
                 cfg.report["dw"] = "trace"
-        if report and need_x:
-            cfg.report["dx_masked"] = up_bits is not None
+        if report:
+            cfg.report["bwd"] = "ops"
+            if need_x:
+                cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
         d_x = dxs.out.view(T, B, n_in) if need_x else None
         d_beta = _reduce(d_beta, step, beta_meta) if need_beta else None
         d_theta = _reduce(d_theta, step, theta_meta) if need_theta else None
         d_mem0 = _reduce(carry, step, mem0_meta) if need_mem0 else None
         return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None, None
+
+
+def _one_pass_backward(ctx, grad_spk, grad_mem, up_bits, csc_saved):
+    """The backward of a hidden layer as one CPU op (``linear_lif_bwd``: Δ is never stored)
+    where it applies — reset subtract/none, fixed β and θ, a finite band, the whole
+    sequence in one chunk, the input kept compact with ∂W by its nonzeros, the input
+    gradient (if any) band-limited, no membrane gradient — else None."""
+    cfg, nrn = ctx.cfg, ctx.cfg.neuron
+    need_x, need_w, need_b, need_beta, need_theta, need_mem0, *_ = ctx.needs_input_grad
+    if (grad_spk is None or grad_mem is not None or cfg.readout or not need_w
+            or not ctx.x_compact or len(ctx.bounds) > 1 or (need_x and up_bits is None)
+            or need_beta or need_theta or nrn.reset == ZERO or not nrn.banded
+            or grad_spk.device.type != "cpu" or torch.compiler.is_compiling()):
+        return None
+    T, B, n_in, n_out = ctx.dims
+    _, weight, bits, vals, beta, *_ = ctx.saved_tensors
+    colptr, rows, xvals = csc_saved
+    if _choose_dw(cfg, True, rows.numel(), xvals.numel() == 0, vals.numel(), ctx.trace_beta,
+                  T, B, n_in, n_out, None) != "spikes":
+        return None
+    betaf = _per_element(beta, (B, n_out), grad_spk.dtype, "beta")
+    empty = up_bits if up_bits is not None else _empty_bits(grad_spk.device)
+    dwt, d_b, d_x, dmem0 = ops.linear_lif_bwd(
+        grad_spk, bits, vals, betaf, colptr, rows, xvals, weight.t().contiguous(), empty,
+        nrn.shape, nrn.p, nrn.gamma, need_x, need_b)
+    if cfg.report is not None:
+        cfg.report["dw"], cfg.report["bwd"] = "spikes", "one pass"
+        if need_x:
+            cfg.report["dx_masked"] = True
+    _, _, mem0_meta = ctx.meta
+    return (d_x.view(T, B, n_in) if need_x else None, dwt.t(), d_b if need_b else None, None,
+            None, _reduce(dmem0, (B, n_out), mem0_meta) if need_mem0 else None, None, None,
+            None, None)
 
 
 def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):

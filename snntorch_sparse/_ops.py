@@ -195,13 +195,13 @@ def _define_schemas():
 
 _LIBS = []  # keeps Python-side registrations alive
 OPS = ("spike", "band_grad", "lif_fwd", "lif_bwd", "lif_bwd_band", "nonzero_csc", "dw_spikes", "dw_trace",
-       "dw_trace_dense", "dx_masked", "linear_fwd_events", "linear_lif_events", "conv_dw_spikes",
-       "conv_dx_masked", "conv_fwd_events", "syn_fwd", "syn_bwd")
+       "dw_trace_dense", "dx_masked", "linear_fwd_events", "linear_lif_events", "linear_lif_bwd",
+       "conv_dw_spikes", "conv_dx_masked", "conv_fwd_events", "syn_fwd", "syn_bwd")
 
 #: Ops the library calls on the CPU only: on CUDA a layer's currents come from the GEMM
 #: (the event-driven forward pays on the CPU; docs/benchmarks.md), so a CUDA call of
 #: these is served by the reference and says nothing about the CUDA backend.
-CPU_ONLY = ("linear_lif_events",)
+CPU_ONLY = ("linear_lif_events", "linear_lif_bwd")
 
 
 def _fill_missing_devices(how, reason, cuda_note, build_info):
@@ -322,6 +322,15 @@ def _register_fakes():
                 weight_t.new_empty(ctx.new_dynamic_size(), dtype=torch.int32),
                 weight_t.new_empty(ctx.new_dynamic_size()))
 
+    @fake("linear_lif_bwd")
+    def _(grad_spk, bits, vals, beta, colptr, rows, xvals, weight_t, up_bits, shape, p, gamma,
+          need_x, need_b):
+        n_in, n_out = weight_t.shape
+        R = grad_spk.shape[0] * (grad_spk.shape[1] // n_out)
+        return (grad_spk.new_empty(n_in, n_out), grad_spk.new_empty(n_out if need_b else 0),
+                grad_spk.new_empty((R, n_in) if need_x else (0,)),
+                grad_spk.new_empty(grad_spk.shape[1]))
+
     @fake("conv_dw_spikes")
     def _(delta, colptr, rows, xvals, in_shape, kernel, stride, padding, dilation, groups):
         return delta.new_empty(delta.shape[1], in_shape[0] // groups, *kernel)
@@ -408,6 +417,33 @@ ops = torch.ops.snntorch_sparse
 #: Whether the compiled library provides the memory hint (it has no reference: a build
 #: without it, or the plain-PyTorch backend, simply allocates as torch does).
 _HUGE_PAGES = _has_kernel("advise_huge_pages", "CompositeExplicitAutograd")
+
+
+def _has_op(name):
+    return hasattr(torch.ops, NAMESPACE) and hasattr(ops, name)
+
+
+def cached_output_bytes():
+    """Bytes of CPU memory the compiled kernels hold in freed output blocks, kept for
+    reuse (``csrc/cpu/alloc.h``: a training loop asks for the same sizes every step, and
+    fresh memory costs page faults); 0 without the compiled library."""
+    return ops.cached_output_bytes() if _has_op("cached_output_bytes") else 0
+
+
+def empty_cache():
+    """Return the CPU output blocks that the compiled kernels keep for reuse (see
+    :func:`cached_output_bytes`) to the system, as ``torch.cuda.empty_cache`` does for
+    CUDA. Blocks still in use are returned when they are freed. Needed only to lower the
+    resident memory between phases of a program: the cache already holds at most an
+    eighth of the machine's memory.
+
+    Example::
+
+        >>> import snntorch_sparse as snn
+        >>> snn.empty_cache()
+    """
+    if _has_op("release_cached_outputs"):
+        ops.release_cached_outputs()
 
 
 def empty_output(shape, dtype, device, memory_format=torch.contiguous_format):

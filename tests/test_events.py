@@ -1,5 +1,7 @@
 """Event-driven forward of the fully connected currents (``linear_fwd_events``) against
-``reference.py`` / ``X·Wᵀ + b``, and its use by ``SpikingLinear``'s sparse mode.
+``reference.py`` / ``X·Wᵀ + b``, and its use by ``SpikingLinear``'s sparse mode; the
+one-pass forward and backward of a hidden layer (``linear_lif_events``,
+``linear_lif_bwd``) against the reference and the ops they fuse.
 
 The kernel adds its terms in another order than a GEMM: each output is held to
 ``|out − exp| ≤ tol·Σ|terms|`` (tol 1e-12 in float64, 1e-5 in float32); with spikes and
@@ -267,6 +269,7 @@ def test_hidden_layers_pass_their_spikes_compact(gen):
         ref = R.spiking_linear(ref, layer.weight, layer.bias, layer.beta, layer.threshold,
                                b_th=0.3)
     want = torch.autograd.grad(ref.sum(), params)
+    assert l1._report["bwd"] == l2._report["bwd"] == "one pass"
     for a, b in zip(got, want):  # sums in another order
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         assert b.any()
@@ -278,3 +281,89 @@ def test_hidden_layers_pass_their_spikes_compact(gen):
     assert _fused.events_of(h) is None
     l1.time_chunk = 32  # two chunks: per-chunk lists are not recorded
     assert _fused.events_of(l1(x)) is None and l1._report["chunks"] == 2
+
+
+# --------------------------------------------------------------------- linear_lif_bwd
+def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b):
+    R_ = T * B
+    x = (torch.rand(R_, n_in, generator=gen) < 0.1).double()
+    if graded:
+        x = x * (torch.rand(R_, n_in, generator=gen, dtype=torch.float64) + 0.5)
+    colptr, rws, xvals = R.nonzero_csc(x.to(dtype), 1.0)
+    u = torch.randn(T, B * n_out, generator=gen, dtype=torch.float64) * 0.3
+    _, bits, vals = R.spike(u.to(dtype), shape, 2.0, 0.2, 0.75)
+    grad = torch.randn(T, B * n_out, generator=gen, dtype=torch.float64).to(dtype)
+    beta = torch.rand(B * n_out, generator=gen, dtype=torch.float64).to(dtype)
+    wt = torch.randn(n_in, n_out, generator=gen, dtype=torch.float64).to(dtype)
+    up = R.pack_bits(torch.rand(R_ * n_in, generator=gen) < 0.05)
+    return (grad, bits, vals, beta, colptr, rws, xvals, wt, up, shape, 2.0, 0.75, need_x, need_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 1), (9, 3, 40, 37), (30, 4, 120, 64), (6, 2, 20, 200)])
+@pytest.mark.parametrize("surrogate", [R.FAST_SIGMOID, R.ATAN, R.SIGMOID])
+@pytest.mark.parametrize("need", ["x+b", "w only", "graded x"])
+def test_linear_lif_bwd(gen, dtype, shape, surrogate, need):
+    """Equal to the reference (∂W and ∂b summed in another order: to rounding) and, bit
+    for bit, to the input and initial-membrane gradients of the ops it fuses."""
+    args = _lif_bwd_args(gen, dtype, *shape, need == "graded x", surrogate, need != "w only",
+                         need == "x+b")
+    before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
+    out = ops.linear_lif_bwd(*args)
+    assert all(torch.equal(a, c) for a, c in
+               zip([a for a in args if isinstance(a, torch.Tensor)], before))
+    want = R.linear_lif_bwd(*args)
+    tol = TOL[dtype] * 10
+    for got, exp in zip(out, want):
+        assert got.dtype == exp.dtype and got.shape == exp.shape
+        torch.testing.assert_close(got, exp, rtol=tol, atol=tol)
+    grad, bits, vals, beta, *_, wt, up, s, p, gamma, need_x, _ = args
+    delta, dmem0 = ops.lif_bwd_band(grad, bits, vals, None, None, beta, _fused._empty_bits("cpu"),
+                                    s, p, gamma, R.SUBTRACT)
+    assert torch.equal(out[3], dmem0)
+    if need_x:
+        assert torch.equal(out[2], ops.dx_masked(delta.view(-1, wt.shape[1]), wt, up))
+    if grad.numel() > 100:  # the case exercises the band and the input's nonzeros
+        assert out[0].any() and vals.numel() > 0
+
+
+def test_linear_lif_bwd_thread_count(gen):
+    args = _lif_bwd_args(gen, torch.float64, 20, 8, 50, 96, True, R.ATAN, True, True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.linear_lif_bwd(*args)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, ops.linear_lif_bwd(*args)):  # ∂W/∂b: per-thread partial sums
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_lif_bwd_opcheck(gen):
+    for graded in (False, True):
+        args = _lif_bwd_args(gen, torch.float64, 7, 3, 12, 20, graded, R.ATAN, True, True)
+        torch.library.opcheck(ops.linear_lif_bwd, args)
+
+
+def _bwd_bad(**change):
+    a = dict(grad_spk=torch.zeros(2, 4), bits=torch.zeros(1, dtype=torch.int32),
+             vals=torch.zeros(0), beta=torch.zeros(4), colptr=_CP, rows=_ROWS, xvals=_ONES,
+             weight_t=torch.zeros(3, 2), up_bits=torch.zeros(1, dtype=torch.int32), shape=1,
+             p=2.0, gamma=1.0, need_x=True, need_b=True)
+    a.update(change)
+    return tuple(a.values())
+
+
+@pytest.mark.parametrize("args, match", [
+    (_bwd_bad(grad_spk=torch.zeros(2, 3), bits=torch.zeros(1, dtype=torch.int32)),
+     "M = B \\* n_out"),
+    (_bwd_bad(beta=torch.zeros(3)), "`beta` must have shape"),
+    (_bwd_bad(weight_t=torch.zeros(3, 2, dtype=torch.float64)), "`weight_t` must have the dtype"),
+    (_bwd_bad(up_bits=torch.zeros(3, dtype=torch.int32)), "`up_bits` must have ceil"),
+    (_bwd_bad(bits=torch.zeros(0, dtype=torch.int32), vals=torch.zeros(8)), "`bits` must hold"),
+    (_bwd_bad(vals=torch.zeros(2)), "`vals` must have one entry per set bit"),
+    (_bwd_bad(rows=torch.tensor([9, 0], dtype=torch.int32)), "`rows` must lie in"),
+])
+def test_linear_lif_bwd_bad_arguments(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear_lif_bwd(*args)

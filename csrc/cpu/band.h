@@ -140,6 +140,42 @@ struct BandSurrogate {
   }
 };
 
+// The direct gradient eps[t] of the neurons [m0, m0 + n) at step t, formed in `buf` as
+// reference.lif_bwd_band does (lif_bwd_band, linear_lif_bwd): band_grad(grad_spk) (+
+// grad_mem), the surrogate evaluated only at the set bits (bits == nullptr: dense band).
+template <typename T, int64_t S>
+struct BandEps {
+  BandSurrogate<T, S> sg;
+  const int32_t* bits;
+  const int64_t* woff;  // word_offsets of bits
+  const T* gmem;        // nullptr: no membrane gradient
+  int64_t M;
+  const T* row(int64_t t, int64_t m0, int64_t n, T* buf) const {
+    const int64_t k0 = t * M + m0;
+    // "0 + m" as the reference's band + grad_mem outside the band (it turns -0 into +0).
+    if (gmem) for (int64_t j = 0; j < n; ++j) buf[j] = T(0) + gmem[k0 + j];
+    else std::fill(buf, buf + n, T(0));
+    auto put = [&](int64_t j, int64_t o) {
+      const T g = sg(k0 + j, o);
+      buf[j] = gmem ? g + gmem[k0 + j] : g;
+    };
+    if (!bits) {
+      for (int64_t j = 0; j < n; ++j) put(j, k0 + j);
+      return buf;
+    }
+    const int64_t k1 = k0 + n;
+    for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+      const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+      const uint32_t all = static_cast<uint32_t>(bits[w]);
+      const uint32_t below = (1u << lo) - 1u;
+      const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~below;
+      int64_t o = woff[w] + __builtin_popcount(all & below);
+      for (uint32_t word = all & mask; word; word &= word - 1, ++o) put(w * 32 + __builtin_ctz(word) - k0, o);
+    }
+    return buf;
+  }
+};
+
 inline at::Tensor band_exp(const at::Tensor& vals, int64_t shape, double p) {
   return shape == SIGMOID ? at::exp(vals * (-p)) : at::Tensor();
 }

@@ -279,6 +279,15 @@ Tensor dw_trace_dense_cpu(const Tensor& rowptr, const Tensor& cols, const Tensor
   });
 }
 
+// Σ_j a[j]·b[j], summed in the vector lanes' order (dx_masked, linear_lif_bwd).
+template <typename T>
+SNN_CLONE_INLINE T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
 // Rows [r0, r1) of dx_masked: a dot product per set bit, zeros elsewhere.
 template <typename T>
 SNN_VECTOR_CLONES void dx_masked_rows(const T* delta, const T* wt, const int32_t* bits, T* out,
@@ -294,11 +303,7 @@ SNN_VECTOR_CLONES void dx_masked_rows(const T* delta, const T* wt, const int32_t
       const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
       for (uint32_t word = static_cast<uint32_t>(bits[w]) & mask; word; word &= word - 1) {
         const int64_t i = w * 32 + __builtin_ctz(word) - k0;
-        const T* __restrict wi = wt + i * n_out;
-        T s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < n_out; ++j) s += d[j] * wi[j];
-        o[i] = s;
+        o[i] = dot(d, wt + i * n_out, n_out);
       }
     }
   }
@@ -659,6 +664,161 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
   return {spk, bits, vals, mem_last, out_colptr, out_rows, out_xvals};
 }
 
+// ---------------------------------------------------------------- linear_lif_bwd
+// A hidden layer's backward in one sweep back in time, for a compact input and a band-
+// limited input gradient: the reverse scan of lif_bwd_band, and at each row (t, b), as soon
+// as its Delta row is known, that row's terms of dW (dw_spikes: Delta[r] added to the weight
+// row of each input nonzero of row r), of the bias and of the masked input gradient
+// (dx_masked) — so Delta [T*B, n_out] is never stored. Threads own batch entries b (a
+// Delta row needs all its neurons), each summing dW into its own buffer.
+
+// Batch entries [b0, b1) through all steps, backwards. `dnext`: Delta of the part's rows
+// at the step after (B1 x n_out), `ebuf`: n_out scratch; `dwt` [n_in, n_out] and `db`
+// [n_out] accumulate (zeroed by the caller). Does not throw (SNN_VECTOR_CLONES).
+template <typename T, typename Eps>
+SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t* rowptr, const int32_t* cols,
+                                    const T* xv, const T* wt, const int32_t* up_bits, T* dx, T* dwt, T* db,
+                                    T* dmem0, T* dnext, T* ebuf, int64_t steps, int64_t B, int64_t n_in,
+                                    int64_t n_out, int64_t b0, int64_t b1) {
+  const int64_t M = B * n_out;
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r = t * B + b;
+      const T* __restrict e = eps.row(t, b * n_out, n_out, ebuf);
+      const T* __restrict be = beta + b * n_out;
+      T* __restrict d = dnext + (b - b0) * n_out;
+      // as lif_bwd_block: "+ 0" at the last step (it turns -0 into +0), then e + a * next
+      if (t == steps - 1) for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + T(0);
+      else for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + be[j] * d[j];
+      for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) {
+        T* __restrict w = dwt + static_cast<int64_t>(cols[k]) * n_out;
+        if (xv) {
+          const T v = xv[k];
+          for (int64_t j = 0; j < n_out; ++j) w[j] += v * d[j];
+        } else {
+          for (int64_t j = 0; j < n_out; ++j) w[j] += d[j];
+        }
+      }
+      if (db) for (int64_t j = 0; j < n_out; ++j) db[j] += d[j];
+      if (dx) {
+        T* o = dx + r * n_in;
+        std::fill(o, o + n_in, T(0));
+        const int64_t k0 = r * n_in, k1 = k0 + n_in;
+        for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+          const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+          const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
+          for (uint32_t word = static_cast<uint32_t>(up_bits[w]) & mask; word; word &= word - 1) {
+            const int64_t i = w * 32 + __builtin_ctz(word) - k0;
+            o[i] = dot(d, wt + i * n_out, n_out);
+          }
+        }
+      }
+    }
+  }
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t j = 0; j < n_out; ++j) dmem0[b * n_out + j] = beta[b * n_out + j] * dnext[(b - b0) * n_out + j];
+  (void)M;
+}
+
+// Partial dW buffers of the threads together stay below this.
+constexpr int64_t kPartialDwBytes = int64_t(64) << 20;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
+    const Tensor& grad_in, const Tensor& bits_in, const Tensor& vals_in, const Tensor& beta_in,
+    const Tensor& colptr_in, const Tensor& rows_in, const Tensor& xvals_in, const Tensor& wt_in,
+    const Tensor& up_bits_in, int64_t shape, double p, double gamma, bool need_x, bool need_b) {
+  constexpr const char* op = "linear_lif_bwd";
+  check_float(grad_in, op, "grad_spk");
+  TORCH_CHECK(grad_in.dim() == 2, op, ": `grad_spk` must have shape [T, M], got ", grad_in.sizes());
+  std::vector<int64_t> offs;
+  check_band(grad_in, bits_in, vals_in, shape, op, offs, "grad_spk");
+  TORCH_CHECK(bits_in.numel() > 0 || grad_in.numel() == 0, op, ": `bits` must hold the band (a finite b_th)");
+  check_float(wt_in, op, "weight_t");
+  TORCH_CHECK(wt_in.scalar_type() == grad_in.scalar_type(), op, ": `weight_t` must have the dtype of `grad_spk` (",
+              grad_in.scalar_type(), "), got ", wt_in.scalar_type());
+  TORCH_CHECK(wt_in.dim() == 2 && wt_in.size(1) > 0, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ",
+              wt_in.sizes());
+  const int64_t n_in = wt_in.size(0), n_out = wt_in.size(1), steps = grad_in.size(0), M = grad_in.size(1);
+  TORCH_CHECK(M > 0 && M % n_out == 0, op, ": `grad_spk` [T, M] must have M = B * n_out (n_out = ", n_out,
+              "), got shape ", grad_in.sizes());
+  const int64_t B = M / n_out, R = steps * B;
+  check_vec(beta_in, grad_in, M, op, "beta", "grad_spk");
+  check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
+  check_xvals(xvals_in, grad_in, rows_in.numel(), op, "grad_spk");
+  if (need_x) {
+    check_index(up_bits_in, at::kInt, op, "up_bits");
+    TORCH_CHECK(up_bits_in.numel() == (R * n_in + 31) / 32, op, ": `up_bits` must have ceil(R*n_in/32) = ",
+                (R * n_in + 31) / 32, " words, got ", up_bits_in.numel());
+  }
+  const Tensor grad = grad_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous(),
+               beta = beta_in.contiguous(), colptr = colptr_in.contiguous(), rows = rows_in.contiguous(),
+               xvals = xvals_in.contiguous(), wt = wt_in.contiguous(),
+               up_bits = need_x ? up_bits_in.contiguous() : up_bits_in;
+  // The input by row (CSR): each row's nonzeros in ascending column.
+  const int64_t nnz = rows.numel();
+  const int64_t* cp = colptr.const_data_ptr<int64_t>();
+  const int32_t* rp = rows.const_data_ptr<int32_t>();
+  std::vector<int64_t> rowptr(R + 1, 0);
+  for (int64_t k = 0; k < nnz; ++k) ++rowptr[rp[k] + 1];
+  for (int64_t r = 0; r < R; ++r) rowptr[r + 1] += rowptr[r];
+  std::vector<int32_t> cols(nnz);
+  std::vector<int64_t> perm(nnz), fill(rowptr.begin(), rowptr.end() - 1);
+  for (int64_t i = 0; i < n_in; ++i)
+    for (int64_t k = cp[i]; k < cp[i + 1]; ++k) {
+      const int64_t at = fill[rp[k]]++;
+      cols[at] = static_cast<int32_t>(i);
+      perm[at] = k;
+    }
+  Tensor dwt = at::zeros({n_in, n_out}, grad.options());
+  Tensor db = need_b ? at::zeros({n_out}, grad.options()) : at::empty({0}, grad.options());
+  Tensor dx = need_x ? empty_output({R, n_in}, grad.options()) : at::empty({0}, grad.options());
+  Tensor dmem0 = empty_output({M}, grad.options());
+  const int64_t per_part = n_in * n_out * static_cast<int64_t>(grad.element_size());
+  const int64_t parts = std::max<int64_t>(
+      1, std::min({static_cast<int64_t>(at::get_num_threads()), B, kPartialDwBytes / std::max<int64_t>(per_part, 1)}));
+  const Tensor expu = band_exp(vals, shape, p);
+  const int64_t words = bits.numel();
+  const std::vector<int64_t> woff =
+      words ? word_offsets(bits.const_data_ptr<int32_t>(), words, grad.numel(), offs) : std::vector<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "linear_lif_bwd_cpu", [&] {
+    using T = scalar_t;
+    std::vector<T> xv(xvals.numel() ? nnz : 0);
+    for (int64_t k = 0; k < static_cast<int64_t>(xv.size()); ++k) xv[k] = xvals.const_data_ptr<T>()[perm[k]];
+    // Part 0 sums into the outputs, the others into buffers added afterwards.
+    std::vector<std::vector<T>> dw_part(parts - 1, std::vector<T>(n_in * n_out, T(0)));
+    std::vector<std::vector<T>> db_part(parts - 1, std::vector<T>(need_b ? n_out : 0, T(0)));
+    std::vector<std::vector<T>> dnext(parts), ebuf(parts);
+    for (int64_t q = 0; q < parts; ++q) {
+      const int64_t nb = B * (q + 1) / parts - B * q / parts;
+      dnext[q].assign(nb * n_out, T(0));
+      ebuf[q].assign(n_out, T(0));
+    }
+    with_shape(shape, [&](auto s) {
+      constexpr int64_t S = decltype(s)::value;
+      const BandSurrogate<T, S> sg{grad.const_data_ptr<T>(), vals.const_data_ptr<T>(),
+                                   expu.defined() ? expu.const_data_ptr<T>() : nullptr, p, static_cast<T>(gamma)};
+      const BandEps<T, S> eps{sg, bits.const_data_ptr<int32_t>(), woff.data(), nullptr, M};
+      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q)
+          lif_bwd_part<T>(eps, beta.const_data_ptr<T>(), rowptr.data(), cols.data(), xv.empty() ? nullptr : xv.data(),
+                          wt.const_data_ptr<T>(), need_x ? up_bits.const_data_ptr<int32_t>() : nullptr,
+                          need_x ? dx.mutable_data_ptr<T>() : nullptr,
+                          q ? dw_part[q - 1].data() : dwt.mutable_data_ptr<T>(),
+                          need_b ? (q ? db_part[q - 1].data() : db.mutable_data_ptr<T>()) : nullptr,
+                          dmem0.mutable_data_ptr<T>(), dnext[q].data(), ebuf[q].data(), steps, B, n_in, n_out,
+                          B * q / parts, B * (q + 1) / parts);
+      });
+    });
+    T* dwp = dwt.mutable_data_ptr<T>();
+    for (const auto& part : dw_part)
+      for (int64_t k = 0; k < n_in * n_out; ++k) dwp[k] += part[k];
+    if (need_b)
+      for (const auto& part : db_part)
+        for (int64_t j = 0; j < n_out; ++j) db.mutable_data_ptr<T>()[j] += part[j];
+  });
+  return {dwt, db, dx, dmem0};
+}
+
 TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("dw_spikes", &dw_spikes_cpu);
   m.impl("dw_trace", &dw_trace_cpu);
@@ -666,6 +826,7 @@ TORCH_LIBRARY_IMPL(snntorch_sparse, CPU, m) {
   m.impl("dx_masked", &dx_masked_cpu);
   m.impl("linear_fwd_events", &linear_fwd_events_cpu);
   m.impl("linear_lif_events", &linear_lif_events_cpu);
+  m.impl("linear_lif_bwd", &linear_lif_bwd_cpu);
 }
 
 }  // namespace snntorch_sparse
