@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace snntorch_sparse {
 
@@ -36,8 +37,16 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return at::empty(sizes, options);
 }
 
+// Zeros; a small buffer by memset on this thread (a parallel fill's start-up would cost more
+// than the fill, and much more on a loaded machine).
 inline at::Tensor zeros_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return empty_output(sizes, options).zero_();
+  at::Tensor t = empty_output(sizes, options);
+  if (options.device().is_cpu() && static_cast<int64_t>(t.nbytes()) < kLargeOutputBytes) {
+    if (t.nbytes()) std::memset(t.data_ptr(), 0, t.nbytes());
+  } else {
+    t.zero_();
+  }
+  return t;
 }
 
 }  // namespace snntorch_sparse

@@ -769,8 +769,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
       cols[at] = static_cast<int32_t>(i);
       perm[at] = k;
     }
-  Tensor dwt = at::zeros({n_in, n_out}, grad.options());
-  Tensor db = need_b ? at::zeros({n_out}, grad.options()) : at::empty({0}, grad.options());
+  Tensor dwt = zeros_output({n_in, n_out}, grad.options());
+  Tensor db = need_b ? zeros_output({n_out}, grad.options()) : at::empty({0}, grad.options());
   Tensor dx = need_x ? empty_output({R, n_in}, grad.options()) : at::empty({0}, grad.options());
   Tensor dmem0 = empty_output({M}, grad.options());
   const int64_t per_part = n_in * n_out * static_cast<int64_t>(grad.element_size());

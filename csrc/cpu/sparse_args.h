@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "cpu/checks.h"
 #include "sizes.h"
 
@@ -50,8 +52,14 @@ inline void check_compressed(const at::Tensor& ptr, const at::Tensor& idx, int64
               idx_name, ") = ", idx.numel(), ", got ", pp[0], " .. ", pp[n_major]);
   for (int64_t k = 0; k < n_major; ++k)
     TORCH_CHECK(pp[k] <= pp[k + 1], op, ": `", ptr_name, "` must not decrease (entry ", k + 1, ")");
-  if (idx.numel()) {
-    const int64_t lo = idx.min().item<int32_t>(), hi = idx.max().item<int32_t>();
+  if (idx.numel()) {  // one serial pass: no parallel region (their start-up dominates here)
+    const at::Tensor ic = idx.contiguous();
+    const int32_t* ip = ic.const_data_ptr<int32_t>();
+    int32_t lo = ip[0], hi = ip[0];
+    for (int64_t k = 1; k < ic.numel(); ++k) {
+      lo = std::min(lo, ip[k]);
+      hi = std::max(hi, ip[k]);
+    }
     TORCH_CHECK(lo >= 0 && hi < n_minor, op, ": `", idx_name, "` must lie in [0, ", n_minor,
                 "), got values in [", lo, ", ", hi, "]");
   }
