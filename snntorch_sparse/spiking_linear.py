@@ -64,7 +64,15 @@ class SpikingLinear(SpikingLayer):
     against the GEMM; in inference 10 %, and never for a narrow layer), the currents are
     summed over the compact input's nonzeros only (event-driven,
     ``ops.linear_fwd_events``, ≈ ``nnz(X)·out`` multiply-adds; the dense input is not
-    read again) — the GEMM's values up to the order of the sums.
+    read again) — the GEMM's values up to the order of the sums. For a hidden layer
+    (not a readout) whose membrane is not asked for, with reset subtract/none, fixed β
+    and θ and a finite band, that forward is one op (``ops.linear_lif_events``): currents,
+    membrane, spikes and band in one sweep over time, the ``[T·B, out]`` currents and
+    membrane never formed, and the spikes' own compact form recorded on the output, which
+    the next ``SpikingLinear`` takes instead of compacting them again. Its backward is then
+    one op too when the whole sequence is one chunk and ∂W goes by the input's nonzeros
+    (``ops.linear_lif_bwd``: the reverse scan adds each row's ∂W, ∂b and masked ∂X terms
+    as it reaches them, Δ is never stored).
 
     Host synchronisations, all in the forward: the band size inside the ``spike`` op and,
     when a graph is recorded, the compact input's size ``nnz``, whether its values are

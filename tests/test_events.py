@@ -181,17 +181,21 @@ def test_linear_lif_events(gen, dtype, shape, density, reset, variant):
         assert (spk != 0).double().mean() > 0.25
 
 
+def _one_thread(op, args):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return op(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_linear_lif_events_thread_count_and_density_limit(gen):
     """Column parts per thread do not change any result; spikes denser than
     ``max_density`` give no compact form (as ``nonzero_csc``)."""
     args = _lif_events_args(gen, torch.float32, 40, 8, 50, 96, 0.3, False, True, R.SUBTRACT,
                             1.0)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = ops.linear_lif_events(*args)
-    finally:
-        torch.set_num_threads(threads)
+    one = _one_thread(ops.linear_lif_events, args)
     out = ops.linear_lif_events(*args)
     assert all(torch.equal(a, b) for a, b in zip(one, out))
     rate = (out[0] != 0).double().mean().item()
@@ -329,12 +333,7 @@ def test_linear_lif_bwd(gen, dtype, shape, surrogate, need):
 
 def test_linear_lif_bwd_thread_count(gen):
     args = _lif_bwd_args(gen, torch.float64, 20, 8, 50, 96, True, R.ATAN, True, True)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = ops.linear_lif_bwd(*args)
-    finally:
-        torch.set_num_threads(threads)
+    one = _one_thread(ops.linear_lif_bwd, args)
     for a, b in zip(one, ops.linear_lif_bwd(*args)):  # ∂W/∂b: per-thread partial sums
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 

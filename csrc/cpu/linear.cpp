@@ -288,24 +288,30 @@ SNN_CLONE_INLINE T dot(const T* __restrict a, const T* __restrict b, int64_t n) 
   return s;
 }
 
-// Rows [r0, r1) of dx_masked: a dot product per set bit, zeros elsewhere.
+// Row r of dx_masked from its Delta row d: a dot product per set bit, zeros elsewhere.
+template <typename T>
+SNN_CLONE_INLINE void dx_masked_row(const T* __restrict d, const T* wt, const int32_t* bits, T* out, int64_t r,
+                                    int64_t n_in, int64_t n_out) {
+  T* o = out + r * n_in;
+  std::fill(o, o + n_in, T(0));
+  const int64_t k0 = r * n_in, k1 = k0 + n_in;
+  for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
+    // Keep the bits of this word that belong to row r.
+    const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
+    const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
+    for (uint32_t word = static_cast<uint32_t>(bits[w]) & mask; word; word &= word - 1) {
+      const int64_t i = w * 32 + __builtin_ctz(word) - k0;
+      o[i] = dot(d, wt + i * n_out, n_out);
+    }
+  }
+}
+
+// Rows [r0, r1) of dx_masked.
 template <typename T>
 SNN_VECTOR_CLONES void dx_masked_rows(const T* delta, const T* wt, const int32_t* bits, T* out,
                                       int64_t n_in, int64_t n_out, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    T* o = out + r * n_in;
-    std::fill(o, o + n_in, T(0));
-    const T* __restrict d = delta + r * n_out;
-    const int64_t k0 = r * n_in, k1 = k0 + n_in;
-    for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
-      // Keep the bits of this word that belong to row r.
-      const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
-      const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
-      for (uint32_t word = static_cast<uint32_t>(bits[w]) & mask; word; word &= word - 1) {
-        const int64_t i = w * 32 + __builtin_ctz(word) - k0;
-        o[i] = dot(d, wt + i * n_out, n_out);
-      }
-    }
+    dx_masked_row(delta + r * n_out, wt, bits, out, r, n_in, n_out);
   }
 }
 
@@ -379,6 +385,27 @@ inline void first_entries(const int64_t* colptr, const int32_t* rows, int64_t n_
     next[i] = std::lower_bound(rows + colptr[i], rows + colptr[i + 1], static_cast<int32_t>(first)) - rows;
 }
 
+// The arguments of an event-driven forward (linear_fwd_events, linear_lif_events): the
+// input's CSC over R rows, weight_t [n_in, n_out], an optional bias [n_out]. Returns
+// whether there is a bias.
+bool check_events_args(const Tensor& colptr, const Tensor& rows, const Tensor& xvals, const Tensor& wt,
+                       const std::optional<Tensor>& bias, int64_t R, const char* op) {
+  check_float(wt, op, "weight_t");
+  TORCH_CHECK(wt.dim() == 2, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ", wt.sizes());
+  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
+  const int64_t n_in = wt.size(0), n_out = wt.size(1);
+  check_compressed(colptr, rows, n_in, R, op, "colptr", "rows");
+  check_xvals(xvals, wt, rows.numel(), op, "weight_t");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_float(*bias, op, "bias");
+    TORCH_CHECK(bias->scalar_type() == wt.scalar_type() && bias->dim() == 1 && bias->size(0) == n_out, op,
+                ": `bias` must be [n_out] = [", n_out, "] of the dtype of `weight_t` (", wt.scalar_type(),
+                "), got ", bias->scalar_type(), " of shape ", bias->sizes());
+  }
+  return has_bias;
+}
+
 template <typename T>
 SNN_VECTOR_CLONES void fwd_events_blocks(const int64_t* colptr, const int32_t* rows, const T* xvals,
                                          const T* wt, const T* bias, T* out, int64_t R, int64_t n_in,
@@ -398,19 +425,8 @@ constexpr int64_t kEventBlockBytes = 256 << 10;
 Tensor linear_fwd_events_cpu(const Tensor& colptr_in, const Tensor& rows_in, const Tensor& xvals_in,
                              const Tensor& wt_in, const std::optional<Tensor>& bias_in, int64_t R) {
   constexpr const char* op = "linear_fwd_events";
-  check_float(wt_in, op, "weight_t");
-  TORCH_CHECK(wt_in.dim() == 2, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ", wt_in.sizes());
-  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
+  const bool has_bias = check_events_args(colptr_in, rows_in, xvals_in, wt_in, bias_in, R, op);
   const int64_t n_in = wt_in.size(0), n_out = wt_in.size(1);
-  check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
-  check_xvals(xvals_in, wt_in, rows_in.numel(), op, "weight_t");
-  const bool has_bias = bias_in.has_value() && bias_in->defined();
-  if (has_bias) {
-    check_float(*bias_in, op, "bias");
-    TORCH_CHECK(bias_in->scalar_type() == wt_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
-                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `weight_t` (", wt_in.scalar_type(),
-                "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
-  }
   const Tensor colptr = colptr_in.contiguous(), rows = rows_in.contiguous(), xvals = xvals_in.contiguous();
   const int64_t* cp = colptr.const_data_ptr<int64_t>();
   const int32_t* rp = rows.const_data_ptr<int32_t>();
@@ -562,20 +578,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
     const std::optional<Tensor>& bias_in, const Tensor& mem0_in, const Tensor& beta_in,
     const Tensor& theta_in, int64_t R, int64_t reset, double b_th, double gamma, double max_density) {
   constexpr const char* op = "linear_lif_events";
-  check_float(wt_in, op, "weight_t");
-  TORCH_CHECK(wt_in.dim() == 2, op, ": `weight_t` must be 2-D [n_in, n_out], got shape ", wt_in.sizes());
+  const bool has_bias = check_events_args(colptr_in, rows_in, xvals_in, wt_in, bias_in, R, op);
   const int64_t n_in = wt_in.size(0), n_out = wt_in.size(1);
   TORCH_CHECK(n_out > 0, op, ": `weight_t` must have at least one output column, got shape ", wt_in.sizes());
-  TORCH_CHECK(R >= 0 && R <= INT32_MAX, op, ": `R` (rows of the input) must lie in [0, 2^31 - 1], got ", R);
-  check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
-  check_xvals(xvals_in, wt_in, rows_in.numel(), op, "weight_t");
-  const bool has_bias = bias_in.has_value() && bias_in->defined();
-  if (has_bias) {
-    check_float(*bias_in, op, "bias");
-    TORCH_CHECK(bias_in->scalar_type() == wt_in.scalar_type() && bias_in->dim() == 1 && bias_in->size(0) == n_out,
-                op, ": `bias` must be [n_out] = [", n_out, "] of the dtype of `weight_t` (", wt_in.scalar_type(),
-                "), got ", bias_in->scalar_type(), " of shape ", bias_in->sizes());
-  }
   check_float(mem0_in, op, "mem0");
   const int64_t M = mem0_in.numel();
   TORCH_CHECK(mem0_in.dim() == 1 && M > 0 && M % n_out == 0, op, ": `mem0` must be [B * n_out] (one step ",
@@ -680,7 +685,6 @@ SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t
                                     const T* xv, const T* wt, const int32_t* up_bits, T* dx, T* dwt, T* db,
                                     T* dmem0, T* dnext, T* ebuf, int64_t steps, int64_t B, int64_t n_in,
                                     int64_t n_out, int64_t b0, int64_t b1) {
-  const int64_t M = B * n_out;
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r = t * B + b;
@@ -700,24 +704,11 @@ SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t
         }
       }
       if (db) for (int64_t j = 0; j < n_out; ++j) db[j] += d[j];
-      if (dx) {
-        T* o = dx + r * n_in;
-        std::fill(o, o + n_in, T(0));
-        const int64_t k0 = r * n_in, k1 = k0 + n_in;
-        for (int64_t w = k0 >> 5; w < (k1 + 31) >> 5; ++w) {
-          const int64_t lo = std::max<int64_t>(k0 - w * 32, 0), hi = std::min<int64_t>(k1 - w * 32, 32);
-          const uint32_t mask = (hi == 32 ? ~0u : (1u << hi) - 1u) & ~((1u << lo) - 1u);
-          for (uint32_t word = static_cast<uint32_t>(up_bits[w]) & mask; word; word &= word - 1) {
-            const int64_t i = w * 32 + __builtin_ctz(word) - k0;
-            o[i] = dot(d, wt + i * n_out, n_out);
-          }
-        }
-      }
+      if (dx) dx_masked_row(d, wt, up_bits, dx, r, n_in, n_out);
     }
   }
   for (int64_t b = b0; b < b1; ++b)
     for (int64_t j = 0; j < n_out; ++j) dmem0[b * n_out + j] = beta[b * n_out + j] * dnext[(b - b0) * n_out + j];
-  (void)M;
 }
 
 // Partial dW buffers of the threads together stay below this.
