@@ -4,7 +4,7 @@
 // Tasks own chunks of consecutive rows, so each streams a contiguous piece of x (column
 // blocks would walk x with a row stride: page-crossing reads that the prefetcher drops).
 // Pass 1 counts per (chunk, column), notes a nonzero != 1, and lists the chunk's nonzeros
-// in row order (found through a byte of flags per element, read eight at a time); a serial prefix in
+// in row order (found through a bit per element, a word of 32 at a time); a serial prefix in
 // column-major order turns the counts into each (chunk, column)'s first slot and colptr;
 // pass 2 moves each list into its slots. Chunks are in row order, so rows ascend within a
 // column. A chunk denser than the lists are meant for (a dense input, about to be
@@ -48,37 +48,47 @@ struct ChunkList {
   bool listed = true;  // false: the chunk was too dense, pass 2 reads x
 };
 
-// Counts row `row`'s nonzeros into c[0:n] and, given `flags`, sets flags[j] = row[j] != 0
-// (branch-free, vectorised); true if a nonzero is != 1.
+// The nonzeros of row `row` as bits (bit j % 32 of words[j / 32]: row[j] != 0), in one
+// loop per word that vectorises (per-lane shifts need AVX2, hence the clones); true if a
+// nonzero is != 1.
 template <typename T>
-SNN_VECTOR_CLONES bool count_row(const T* row, int32_t* c, int64_t n, uint8_t* flags) {
-  int32_t o = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const T v = row[j];
-    const bool nz = v != T(0);
-    c[j] += nz;
-    if (flags != nullptr) flags[j] = nz;
-    o |= nz & (v != T(1));
+SNN_VECTOR_CLONES bool nonzero_words(const T* row, int64_t n, uint32_t* words) {
+  uint32_t other = 0;
+  for (int64_t w0 = 0; w0 < n; w0 += 32) {
+    const T* v = row + w0;
+    uint32_t word = 0;
+    if (n - w0 >= 32) {
+      for (int j = 0; j < 32; ++j) {
+        word |= static_cast<uint32_t>(v[j] != T(0)) << j;
+        other |= static_cast<uint32_t>(v[j] != T(0) && v[j] != T(1));
+      }
+    } else {
+      for (int j = 0; j < n - w0; ++j) {
+        word |= static_cast<uint32_t>(v[j] != T(0)) << j;
+        other |= static_cast<uint32_t>(v[j] != T(0) && v[j] != T(1));
+      }
+    }
+    words[w0 / 32] = word;
   }
-  return o != 0;
+  return other != 0;
 }
 
-// Appends row `row`'s nonzeros to `list`, found from its flags eight at a time (most
-// words are zero at the densities that are listed). `flags` is padded with zeros to a
-// multiple of 8. (No vector-width clones: it allocates, and a clone must not throw; see
-// sparse_args.h.)
+// Counts row `row`'s nonzeros (its `words`, nonzero_words) into c[0:n] and, when the chunk
+// still lists, appends them to `list`: work in the nonzeros, not in n. (No vector-width
+// clones: it allocates, and a clone must not throw; see sparse_args.h.)
 template <typename T>
-void list_row(const T* row, const uint8_t* flags, int64_t n, ChunkList<T>& list) {
-  for (int64_t j0 = 0; j0 < n; j0 += 8) {
-    uint64_t word;
-    std::memcpy(&word, flags + j0, sizeof word);
-    for (; word != 0u; word &= word - 1u) {  // each flag is 0 or 1: one bit per set byte
-      const int64_t j = j0 + __builtin_ctzll(word) / 8;
-      list.cols.push_back(static_cast<int32_t>(j));
-      list.vals.push_back(row[j]);
+void take_row(const T* row, const uint32_t* words, int64_t n, int32_t* c, ChunkList<T>* list) {
+  for (int64_t w = 0; w < (n + 31) / 32; ++w) {
+    for (uint32_t word = words[w]; word != 0u; word &= word - 1u) {
+      const int64_t j = w * 32 + __builtin_ctz(word);
+      ++c[j];
+      if (list) {
+        list->cols.push_back(static_cast<int32_t>(j));
+        list->vals.push_back(row[j]);
+      }
     }
   }
-  list.row_end.push_back(static_cast<int64_t>(list.cols.size()));
+  if (list) list->row_end.push_back(static_cast<int64_t>(list->cols.size()));
 }
 
 std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double max_density) {
@@ -108,7 +118,7 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
     // Pass 1: nonzeros per (chunk, column), listed; whether any nonzero differs from 1.
     at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
       bool other = false;
-      std::vector<uint8_t> flags((n_in + 7) / 8 * 8, 0);
+      std::vector<uint32_t> words((n_in + 31) / 32);
       for (int64_t k = k0; k < k1; ++k) {
         int32_t* c = counts.data() + k * n_in;
         ChunkList<scalar_t>& list = lists[k];
@@ -116,13 +126,9 @@ std::tuple<Tensor, Tensor, Tensor> nonzero_csc_cpu(const Tensor& x_in, double ma
         const double cap = list_density * static_cast<double>((r1 - r0) * n_in);
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = xp + r * n_in;
-          if (list.listed) {
-            other |= count_row(row, c, n_in, flags.data());
-            list_row(row, flags.data(), n_in, list);
-            if (static_cast<double>(list.cols.size()) > cap) list.listed = false;
-          } else {
-            other |= count_row(row, c, n_in, static_cast<uint8_t*>(nullptr));
-          }
+          other |= nonzero_words(row, n_in, words.data());
+          take_row(row, words.data(), n_in, c, list.listed ? &list : nullptr);
+          if (list.listed && static_cast<double>(list.cols.size()) > cap) list.listed = false;
         }
       }
       if (other) not_binary.store(true, std::memory_order_relaxed);
