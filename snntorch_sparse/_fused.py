@@ -636,7 +636,9 @@ class _SpikingLinear(torch.autograd.Function):
     in chunks of time steps: the forward carries ``U`` from chunk to chunk, the backward
     runs the chunks in reverse, carrying ``a·Δ`` (``lif_bwd_band``'s ``dmem_last``) and
     summing ∂W, so that apart from the layer's input and outputs nothing of size
-    ``T·B·n`` is alive — only one chunk's currents, membrane temporaries and Δ."""
+    ``T·B·n`` is alive — only one chunk's currents, membrane temporaries and Δ. ``sink``
+    (a list) receives the spikes' compact form when the forward made one (one chunk,
+    ``linear_lif_events``): ``(colptr, rows, xvals)``, or None when they are too dense."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, beta, theta, mem0, up_bits, cfg, track, sink):
@@ -776,13 +778,12 @@ class _SpikingLinear(torch.autograd.Function):
         flat = lambda g: None if g is None else g.reshape(T, M)  # noqa: E731
         grad_spk, grad_mem = flat(grad_spk), flat(grad_mem)
         betaf = _per_element(beta, step, like.dtype, "beta")
+        one_pass = _one_pass_backward(ctx, grad_spk, grad_mem, betaf, up_bits, csc_saved)
+        if one_pass is not None:
+            return one_pass
         need_x, need_w, need_b, need_beta, need_theta, need_mem0, *_ = ctx.needs_input_grad
         wt = weight.t().contiguous() if need_x and up_bits is not None else None
         report = cfg.report is not None and not torch.compiler.is_compiling()
-
-        one_pass = _one_pass_backward(ctx, grad_spk, grad_mem, up_bits, csc_saved)
-        if one_pass is not None:
-            return one_pass
         dxs = _Rows(T * B, len(ctx.bounds))
         d_w, d_b, d_beta, d_theta, carry = None, None, None, None, None
         # A dense input's trace form is one walk over the whole input after the chunks
@@ -864,7 +865,7 @@ class _SpikingLinear(torch.autograd.Function):
         return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None, None
 
 
-def _one_pass_backward(ctx, grad_spk, grad_mem, up_bits, csc_saved):
+def _one_pass_backward(ctx, grad_spk, grad_mem, betaf, up_bits, csc_saved):
     """The backward of a hidden layer as one CPU op (``linear_lif_bwd``: Δ is never stored)
     where it applies — reset subtract/none, fixed β and θ, a finite band, the whole
     sequence in one chunk, the input kept compact with ∂W by its nonzeros, the input
@@ -877,12 +878,11 @@ def _one_pass_backward(ctx, grad_spk, grad_mem, up_bits, csc_saved):
             or grad_spk.device.type != "cpu" or torch.compiler.is_compiling()):
         return None
     T, B, n_in, n_out = ctx.dims
-    _, weight, bits, vals, beta, *_ = ctx.saved_tensors
+    _, weight, bits, vals, *_ = ctx.saved_tensors
     colptr, rows, xvals = csc_saved
     if _choose_dw(cfg, True, rows.numel(), xvals.numel() == 0, vals.numel(), ctx.trace_beta,
                   T, B, n_in, n_out, None) != "spikes":
         return None
-    betaf = _per_element(beta, (B, n_out), grad_spk.dtype, "beta")
     empty = up_bits if up_bits is not None else _empty_bits(grad_spk.device)
     dwt, d_b, d_x, dmem0 = ops.linear_lif_bwd(
         grad_spk, bits, vals, betaf, colptr, rows, xvals, weight.t().contiguous(), empty,
