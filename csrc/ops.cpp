@@ -48,9 +48,10 @@ TORCH_LIBRARY(snntorch_sparse, m) {
   // linear_fwd_events -> lif_fwd -> spike(U - theta) -> nonzero_csc of the spikes (CPU).
   m.def("linear_lif_events(Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor? bias, Tensor mem0, Tensor beta, Tensor theta, int R, int reset, float b_th, float gamma, float max_density) -> (Tensor spk, Tensor bits, Tensor vals, Tensor mem_last, Tensor colptr_out, Tensor rows_out, Tensor xvals_out)");
   // Its backward in one pass for reset subtract/none (a[t] = beta), a compact input and no
-  // membrane gradient: lif_bwd_band -> dw_spikes (+ bias gradient, + dx_masked by up_bits),
-  // Delta never stored; returns (dW^T [n_in, n_out], d_bias or [0], dx or [0], dmem0) (CPU).
-  m.def("linear_lif_bwd(Tensor grad_spk, Tensor bits, Tensor vals, Tensor beta, Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor up_bits, int shape, float p, float gamma, bool need_x, bool need_b) -> (Tensor, Tensor, Tensor, Tensor)");
+  // membrane gradient: lif_bwd_band (dmem_last: as there) -> dw_spikes (+ bias gradient,
+  // + dx_masked by up_bits), Delta never stored; returns (dW^T [n_in, n_out], d_bias or
+  // [0], dx or [0], dmem0) (CPU).
+  m.def("linear_lif_bwd(Tensor grad_spk, Tensor bits, Tensor vals, Tensor? dmem_last, Tensor beta, Tensor colptr, Tensor rows, Tensor xvals, Tensor weight_t, Tensor up_bits, int shape, float p, float gamma, bool need_x, bool need_b) -> (Tensor, Tensor, Tensor, Tensor)");
   // 2-D convolution: weight gradient [C_out, C_in/groups, kH, kW] from the input nonzeros
   // (CSC of x.reshape(R, C_in*H*W)), and the input gradient where the upstream band bit is set.
   m.def("conv_dw_spikes(Tensor delta, Tensor colptr, Tensor rows, Tensor xvals, int[] in_shape, int[] kernel, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");

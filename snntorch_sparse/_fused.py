@@ -443,7 +443,7 @@ class LinearConfig:
     (testing): "spikes" or "trace" (used when the input was
     kept compact); None chooses per call. ``report``: a dict the backward fills with the form
     it used (``"dw"``), whether the input gradient was masked (``"dx_masked"``) and whether
-    it ran as one op (``"bwd"``: "one pass") or op by op ("ops"), and
+    its chunks ran as one op each (``"bwd"``: "one pass"), op by op ("ops") or both, and
     :func:`spiking_linear` with the band size (``"in_band"``) and the number of time chunks
     (``"chunks"``). ``time_chunk``: steps per chunk (:func:`chunk_steps`; None: one).
     ``membrane``: whether the caller wants the membrane sequence (False: :func:`spiking_linear`
@@ -778,12 +778,11 @@ class _SpikingLinear(torch.autograd.Function):
         flat = lambda g: None if g is None else g.reshape(T, M)  # noqa: E731
         grad_spk, grad_mem = flat(grad_spk), flat(grad_mem)
         betaf = _per_element(beta, step, like.dtype, "beta")
-        one_pass = _one_pass_backward(ctx, grad_spk, grad_mem, betaf, up_bits, csc_saved)
-        if one_pass is not None:
-            return one_pass
         need_x, need_w, need_b, need_beta, need_theta, need_mem0, *_ = ctx.needs_input_grad
-        wt = weight.t().contiguous() if need_x and up_bits is not None else None
+        one_pass = _one_pass_applies(ctx, grad_spk, grad_mem, up_bits)
+        wt = weight.t().contiguous() if (need_x and up_bits is not None) or one_pass else None
         report = cfg.report is not None and not torch.compiler.is_compiling()
+        passes = set()  # how the chunks ran: "one pass" and/or "ops"
         dxs = _Rows(T * B, len(ctx.bounds))
         d_w, d_b, d_beta, d_theta, carry = None, None, None, None, None
         # A dense input's trace form is one walk over the whole input after the chunks
@@ -805,12 +804,30 @@ class _SpikingLinear(torch.autograd.Function):
             c_rbits = rbits[words] if rbits.numel() else rbits
             g_spk = None if grad_spk is None else grad_spk[t0:t1]
             g_mem = None if grad_mem is None else grad_mem[t0:t1]
+            c_up = (up_bits[r0 * n_in // 32:(r1 * n_in + 31) // 32] if up_bits is not None
+                    else _empty_bits(like.device))
+            if one_pass:
+                colptr, rows, xvals = csc_saved[3 * i:3 * i + 3]
+                if _choose_dw(cfg, True, rows.numel(), xvals.numel() == 0, c_vals.numel(),
+                              ctx.trace_beta, t1 - t0, B, n_in, n_out, None) == "spikes":
+                    # Δ never stored: ∂W, ∂b, ∂X of each row as the scan reaches it
+                    g_w, g_b, c_dx, carry = ops.linear_lif_bwd(
+                        g_spk, c_bits, c_vals, carry, betaf, colptr, rows, xvals, wt, c_up,
+                        nrn.shape, nrn.p, nrn.gamma, need_x, need_b)
+                    d_w = add(d_w, g_w.t())
+                    d_b = add(d_b, g_b) if need_b else None
+                    if need_x:
+                        dxs.put(r0, c_dx)
+                    passes.add("one pass")
+                    if report:
+                        cfg.report["dw"] = "spikes"
+                    continue
+            passes.add("ops")
             delta, carry = _neuron_backward(g_spk, g_mem, c_bits, c_vals, betaf, c_rbits, nrn,
                                             carry)
             delta2d = delta.view(r1 - r0, n_out)
             if need_x:
                 if up_bits is not None:
-                    c_up = up_bits[r0 * n_in // 32:(r1 * n_in + 31) // 32]
                     dxs.put(r0, ops.dx_masked(delta2d, wt, c_up))
                 else:
                     dxs.put(r0, delta2d @ weight)
@@ -854,7 +871,7 @@ class _SpikingLinear(torch.autograd.Function):
             if report:
                 cfg.report["dw"] = "trace"
         if report:
-            cfg.report["bwd"] = "ops"
+            cfg.report["bwd"] = " + ".join(sorted(passes))
             if need_x:
                 cfg.report["dx_masked"] = up_bits is not None
         beta_meta, theta_meta, mem0_meta = ctx.meta
@@ -865,36 +882,17 @@ class _SpikingLinear(torch.autograd.Function):
         return d_x, d_w, d_b, d_beta, d_theta, d_mem0, None, None, None, None
 
 
-def _one_pass_backward(ctx, grad_spk, grad_mem, betaf, up_bits, csc_saved):
-    """The backward of a hidden layer as one CPU op (``linear_lif_bwd``: Δ is never stored)
-    where it applies — reset subtract/none, fixed β and θ, a finite band, the whole
-    sequence in one chunk, the input kept compact with ∂W by its nonzeros, the input
-    gradient (if any) band-limited, no membrane gradient — else None."""
+def _one_pass_applies(ctx, grad_spk, grad_mem, up_bits):
+    """Whether the backward may run a chunk as one CPU op (``linear_lif_bwd``, Δ never
+    stored; used for a chunk whose ∂W goes by the input's nonzeros): reset subtract/none,
+    fixed β and θ, a finite band, the input kept compact, the input gradient (if any)
+    band-limited, no membrane gradient."""
     cfg, nrn = ctx.cfg, ctx.cfg.neuron
-    need_x, need_w, need_b, need_beta, need_theta, need_mem0, *_ = ctx.needs_input_grad
-    if (grad_spk is None or grad_mem is not None or cfg.readout or not need_w
-            or not ctx.x_compact or len(ctx.bounds) > 1 or (need_x and up_bits is None)
-            or need_beta or need_theta or nrn.reset == ZERO or not nrn.banded
-            or grad_spk.device.type != "cpu" or torch.compiler.is_compiling()):
-        return None
-    T, B, n_in, n_out = ctx.dims
-    _, weight, bits, vals, *_ = ctx.saved_tensors
-    colptr, rows, xvals = csc_saved
-    if _choose_dw(cfg, True, rows.numel(), xvals.numel() == 0, vals.numel(), ctx.trace_beta,
-                  T, B, n_in, n_out, None) != "spikes":
-        return None
-    empty = up_bits if up_bits is not None else _empty_bits(grad_spk.device)
-    dwt, d_b, d_x, dmem0 = ops.linear_lif_bwd(
-        grad_spk, bits, vals, betaf, colptr, rows, xvals, weight.t().contiguous(), empty,
-        nrn.shape, nrn.p, nrn.gamma, need_x, need_b)
-    if cfg.report is not None:
-        cfg.report["dw"], cfg.report["bwd"] = "spikes", "one pass"
-        if need_x:
-            cfg.report["dx_masked"] = True
-    _, _, mem0_meta = ctx.meta
-    return (d_x.view(T, B, n_in) if need_x else None, dwt.t(), d_b if need_b else None, None,
-            None, _reduce(dmem0, (B, n_out), mem0_meta) if need_mem0 else None, None, None,
-            None, None)
+    need_x, need_w, _, need_beta, need_theta, *_ = ctx.needs_input_grad
+    return not (grad_spk is None or grad_mem is not None or cfg.readout or not need_w
+                or not ctx.x_compact or (need_x and up_bits is None) or need_beta
+                or need_theta or nrn.reset == ZERO or not nrn.banded
+                or grad_spk.device.type != "cpu" or torch.compiler.is_compiling())
 
 
 def spiking_linear(x, weight, bias, beta, theta, mem0, cfg):

@@ -323,7 +323,7 @@ def _register_fakes():
                 weight_t.new_empty(ctx.new_dynamic_size()))
 
     @fake("linear_lif_bwd")
-    def _(grad_spk, bits, vals, beta, colptr, rows, xvals, weight_t, up_bits, shape, p, gamma,
+    def _(grad_spk, bits, vals, dmem_last, beta, colptr, rows, xvals, weight_t, up_bits, shape, p, gamma,
           need_x, need_b):
         n_in, n_out = weight_t.shape
         R = grad_spk.shape[0] * (grad_spk.shape[1] // n_out)

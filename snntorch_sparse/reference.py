@@ -348,23 +348,24 @@ def linear_lif_events(colptr, rows, xvals, weight_t, bias, mem0, beta, theta, R,
     return (spk, bits, vals, mem[-1].clone(), *nonzero_csc(spk, max_density))
 
 
-def linear_lif_bwd(grad_spk, bits, vals, beta, colptr, rows, xvals, weight_t, up_bits, shape, p,
-                   gamma, need_x, need_b):
+def linear_lif_bwd(grad_spk, bits, vals, dmem_last, beta, colptr, rows, xvals, weight_t, up_bits,
+                   shape, p, gamma, need_x, need_b):
     """Op ``linear_lif_bwd``: the backward of a hidden fully connected LIF layer with reset
     "subtract" or "none" (``a[t] = β``), a compact input (``colptr, rows, xvals`` as
     :func:`nonzero_csc`) and no membrane gradient, the composition
 
-        Δ, ∂U[0] = lif_bwd_band(grad_spk, bits, vals, β),   ∂Wᵀ = dw_spikes(Δ, x),
+        Δ, ∂U[0] = lif_bwd_band(grad_spk, bits, vals, dmem_last, β),  ∂Wᵀ = dw_spikes(Δ, x),
         ∂b = Σ_r Δ[r],   ∂X = dx_masked(Δ, Wᵀ, up_bits)
 
-    (``grad_spk [T, B·n_out]``; ``∂b`` only if ``need_b``, ``∂X [T·B, n_in]`` only if
-    ``need_x``, else empty). Returns ``(∂Wᵀ [n_in, n_out], ∂b, ∂X, ∂U[0] [B·n_out])``. The
+    (``grad_spk [T, B·n_out]``; ``dmem_last`` the gradient reaching the last membranes from
+    later steps — a time chunk's successor's ``∂U[0]`` — or None; ``∂b`` only if ``need_b``,
+    ``∂X [T·B, n_in]`` only if ``need_x``, else empty). Returns ``(∂Wᵀ [n_in, n_out], ∂b, ∂X, ∂U[0] [B·n_out])``. The
     kernel never stores Δ: it adds each row's terms as the reverse scan reaches it.
     """
     n_in, n_out = weight_t.shape
     empty_rbits = torch.empty(0, dtype=torch.int32, device=grad_spk.device)
-    delta, dmem0 = lif_bwd_band(grad_spk, bits, vals, None, None, beta, empty_rbits, shape, p,
-                                gamma, SUBTRACT)
+    delta, dmem0 = lif_bwd_band(grad_spk, bits, vals, None, dmem_last, beta, empty_rbits, shape,
+                                p, gamma, SUBTRACT)
     delta = delta.reshape(-1, n_out)
     dwt = dw_spikes(delta, colptr, rows, xvals, n_in)
     db = delta.sum(0) if need_b else delta.new_empty(0)

@@ -287,8 +287,31 @@ def test_hidden_layers_pass_their_spikes_compact(gen):
     assert _fused.events_of(l1(x)) is None and l1._report["chunks"] == 2
 
 
+def test_chunked_hidden_layer_runs_each_chunk_as_one_op(gen):
+    """With time chunks the backward runs each chunk as one op, carrying the gradient
+    from chunk to chunk: the gradients equal the unchunked layer's (∂X bit for bit)."""
+    dt = torch.float64
+    layer = SpikingLinear(30, 64, beta=0.875, bias=True, b_th=0.3, dtype=dt, time_chunk=None)
+    with torch.no_grad():
+        layer.weight.copy_(_grid(torch.randn(64, 30, generator=gen, dtype=dt) * 0.4 + 0.05))
+    x = (torch.rand(50, 4, 30, generator=gen) < 0.08).to(dt)
+    up = _fused.pack_bits(torch.rand(x.shape, generator=gen) < 0.1)
+    g = torch.randn(50, 4, 64, generator=gen, dtype=dt)
+    grads = {}
+    for chunk in (None, 16):
+        layer.time_chunk = chunk
+        xin = _fused.tag_band(x.clone().requires_grad_(), up)
+        out = layer(xin)
+        grads[chunk] = torch.autograd.grad(out, [xin, layer.weight, layer.bias], g)
+        assert layer._report["bwd"] == "one pass" and layer._report["dx_masked"]
+    assert layer._report["chunks"] == 4
+    assert torch.equal(grads[None][0], grads[16][0]) and grads[None][0].any()
+    for a, b in zip(grads[None][1:], grads[16][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------- linear_lif_bwd
-def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b):
+def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b, carry=False):
     R_ = T * B
     x = (torch.rand(R_, n_in, generator=gen) < 0.1).double()
     if graded:
@@ -300,18 +323,21 @@ def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b):
     beta = torch.rand(B * n_out, generator=gen, dtype=torch.float64).to(dtype)
     wt = torch.randn(n_in, n_out, generator=gen, dtype=torch.float64).to(dtype)
     up = R.pack_bits(torch.rand(R_ * n_in, generator=gen) < 0.05)
-    return (grad, bits, vals, beta, colptr, rws, xvals, wt, up, shape, 2.0, 0.75, need_x, need_b)
+    dmem_last = (torch.randn(B * n_out, generator=gen, dtype=torch.float64).to(dtype) if carry
+                 else None)
+    return (grad, bits, vals, dmem_last, beta, colptr, rws, xvals, wt, up, shape, 2.0, 0.75,
+            need_x, need_b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 3, 1), (9, 3, 40, 37), (30, 4, 120, 64), (6, 2, 20, 200)])
 @pytest.mark.parametrize("surrogate", [R.FAST_SIGMOID, R.ATAN, R.SIGMOID])
-@pytest.mark.parametrize("need", ["x+b", "w only", "graded x"])
+@pytest.mark.parametrize("need", ["x+b", "w only", "graded x", "x+b, carried"])
 def test_linear_lif_bwd(gen, dtype, shape, surrogate, need):
     """Equal to the reference (∂W and ∂b summed in another order: to rounding) and, bit
     for bit, to the input and initial-membrane gradients of the ops it fuses."""
     args = _lif_bwd_args(gen, dtype, *shape, need == "graded x", surrogate, need != "w only",
-                         need == "x+b")
+                         need.startswith("x+b"), carry=need.endswith("carried"))
     before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
     out = ops.linear_lif_bwd(*args)
     assert all(torch.equal(a, c) for a, c in
@@ -321,14 +347,17 @@ def test_linear_lif_bwd(gen, dtype, shape, surrogate, need):
     for got, exp in zip(out, want):
         assert got.dtype == exp.dtype and got.shape == exp.shape
         torch.testing.assert_close(got, exp, rtol=tol, atol=tol)
-    grad, bits, vals, beta, *_, wt, up, s, p, gamma, need_x, _ = args
-    delta, dmem0 = ops.lif_bwd_band(grad, bits, vals, None, None, beta, _fused._empty_bits("cpu"),
-                                    s, p, gamma, R.SUBTRACT)
+    grad, bits, vals, carry, beta, *_, wt, up, s, p, gamma, need_x, _ = args
+    delta, dmem0 = ops.lif_bwd_band(grad, bits, vals, None, carry, beta,
+                                    _fused._empty_bits("cpu"), s, p, gamma, R.SUBTRACT)
     assert torch.equal(out[3], dmem0)
     if need_x:
         assert torch.equal(out[2], ops.dx_masked(delta.view(-1, wt.shape[1]), wt, up))
     if grad.numel() > 100:  # the case exercises the band and the input's nonzeros
         assert out[0].any() and vals.numel() > 0
+    if carry is not None:  # the carry reaches the result
+        no_carry = ops.linear_lif_bwd(*args[:3], None, *args[4:])
+        assert not torch.equal(no_carry[3], out[3])
 
 
 def test_linear_lif_bwd_thread_count(gen):
@@ -346,7 +375,7 @@ def test_linear_lif_bwd_opcheck(gen):
 
 def _bwd_bad(**change):
     a = dict(grad_spk=torch.zeros(2, 4), bits=torch.zeros(1, dtype=torch.int32),
-             vals=torch.zeros(0), beta=torch.zeros(4), colptr=_CP, rows=_ROWS, xvals=_ONES,
+             vals=torch.zeros(0), dmem_last=None, beta=torch.zeros(4), colptr=_CP, rows=_ROWS, xvals=_ONES,
              weight_t=torch.zeros(3, 2), up_bits=torch.zeros(1, dtype=torch.int32), shape=1,
              p=2.0, gamma=1.0, need_x=True, need_b=True)
     a.update(change)
@@ -362,6 +391,7 @@ def _bwd_bad(**change):
     (_bwd_bad(bits=torch.zeros(0, dtype=torch.int32), vals=torch.zeros(8)), "`bits` must hold"),
     (_bwd_bad(vals=torch.zeros(2)), "`vals` must have one entry per set bit"),
     (_bwd_bad(rows=torch.tensor([9, 0], dtype=torch.int32)), "`rows` must lie in"),
+    (_bwd_bad(dmem_last=torch.zeros(3)), "`dmem_last` must have shape"),
 ])
 def test_linear_lif_bwd_bad_arguments(args, match):
     with pytest.raises(RuntimeError, match=match):

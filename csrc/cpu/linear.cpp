@@ -677,11 +677,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
 // (dx_masked) — so Delta [T*B, n_out] is never stored. Threads own batch entries b (a
 // Delta row needs all its neurons), each summing dW into its own buffer.
 
-// Batch entries [b0, b1) through all steps, backwards. `dnext`: Delta of the part's rows
+// Batch entries [b0, b1) through all steps, backwards; `carry` [B * n_out] (or nullptr):
+// the gradient reaching the last membranes from later steps. `dnext`: Delta of the part's rows
 // at the step after (B1 x n_out), `ebuf`: n_out scratch; `dwt` [n_in, n_out] and `db`
 // [n_out] accumulate (zeroed by the caller). Does not throw (SNN_VECTOR_CLONES).
 template <typename T, typename Eps>
-SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t* rowptr, const int32_t* cols,
+SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* carry, const T* beta, const int64_t* rowptr,
+                                    const int32_t* cols,
                                     const T* xv, const T* wt, const int32_t* up_bits, T* dx, T* dwt, T* db,
                                     T* dmem0, T* dnext, T* ebuf, int64_t steps, int64_t B, int64_t n_in,
                                     int64_t n_out, int64_t b0, int64_t b1) {
@@ -691,9 +693,14 @@ SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t
       const T* __restrict e = eps.row(t, b * n_out, n_out, ebuf);
       const T* __restrict be = beta + b * n_out;
       T* __restrict d = dnext + (b - b0) * n_out;
-      // as lif_bwd_block: "+ 0" at the last step (it turns -0 into +0), then e + a * next
-      if (t == steps - 1) for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + T(0);
-      else for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + be[j] * d[j];
+      // as lif_bwd_block: at the last step e + carry (a[T]*Delta[T] from later steps) or
+      // "+ 0" (it turns -0 into +0), then e + a * next
+      if (t == steps - 1) {
+        const T* __restrict c = carry ? carry + b * n_out : nullptr;
+        for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + (c ? c[j] : T(0));
+      } else {
+        for (int64_t j = 0; j < n_out; ++j) d[j] = e[j] + be[j] * d[j];
+      }
       for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) {
         T* __restrict w = dwt + static_cast<int64_t>(cols[k]) * n_out;
         if (xv) {
@@ -715,7 +722,8 @@ SNN_VECTOR_CLONES void lif_bwd_part(const Eps& eps, const T* beta, const int64_t
 constexpr int64_t kPartialDwBytes = int64_t(64) << 20;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
-    const Tensor& grad_in, const Tensor& bits_in, const Tensor& vals_in, const Tensor& beta_in,
+    const Tensor& grad_in, const Tensor& bits_in, const Tensor& vals_in,
+    const std::optional<Tensor>& dmem_last_in, const Tensor& beta_in,
     const Tensor& colptr_in, const Tensor& rows_in, const Tensor& xvals_in, const Tensor& wt_in,
     const Tensor& up_bits_in, int64_t shape, double p, double gamma, bool need_x, bool need_b) {
   constexpr const char* op = "linear_lif_bwd";
@@ -734,6 +742,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
               "), got shape ", grad_in.sizes());
   const int64_t B = M / n_out, R = steps * B;
   check_vec(beta_in, grad_in, M, op, "beta", "grad_spk");
+  const bool has_carry = dmem_last_in.has_value() && dmem_last_in->defined();
+  if (has_carry) check_vec(*dmem_last_in, grad_in, M, op, "dmem_last", "grad_spk");
   check_compressed(colptr_in, rows_in, n_in, R, op, "colptr", "rows");
   check_xvals(xvals_in, grad_in, rows_in.numel(), op, "grad_spk");
   if (need_x) {
@@ -744,7 +754,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
   const Tensor grad = grad_in.contiguous(), bits = bits_in.contiguous(), vals = vals_in.contiguous(),
                beta = beta_in.contiguous(), colptr = colptr_in.contiguous(), rows = rows_in.contiguous(),
                xvals = xvals_in.contiguous(), wt = wt_in.contiguous(),
-               up_bits = need_x ? up_bits_in.contiguous() : up_bits_in;
+               up_bits = need_x ? up_bits_in.contiguous() : up_bits_in,
+               carry = has_carry ? dmem_last_in->contiguous() : Tensor();
   // The input by row (CSR): each row's nonzeros in ascending column.
   const int64_t nnz = rows.numel();
   const int64_t* cp = colptr.const_data_ptr<int64_t>();
@@ -791,7 +802,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
       const BandEps<T, S> eps{sg, bits.const_data_ptr<int32_t>(), woff.data(), nullptr, M};
       at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q)
-          lif_bwd_part<T>(eps, beta.const_data_ptr<T>(), rowptr.data(), cols.data(), xv.empty() ? nullptr : xv.data(),
+          lif_bwd_part<T>(eps, has_carry ? carry.const_data_ptr<T>() : nullptr, beta.const_data_ptr<T>(), rowptr.data(), cols.data(), xv.empty() ? nullptr : xv.data(),
                           wt.const_data_ptr<T>(), need_x ? up_bits.const_data_ptr<int32_t>() : nullptr,
                           need_x ? dx.mutable_data_ptr<T>() : nullptr,
                           q ? dw_part[q - 1].data() : dwt.mutable_data_ptr<T>(),
