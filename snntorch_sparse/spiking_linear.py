@@ -70,9 +70,9 @@ class SpikingLinear(SpikingLayer):
     membrane, spikes and band in one sweep over time, the ``[T·B, out]`` currents and
     membrane never formed, and the spikes' own compact form recorded on the output, which
     the next ``SpikingLinear`` takes instead of compacting them again. Its backward is then
-    one op too when the whole sequence is one chunk and ∂W goes by the input's nonzeros
-    (``ops.linear_lif_bwd``: the reverse scan adds each row's ∂W, ∂b and masked ∂X terms
-    as it reaches them, Δ is never stored).
+    one op too, per time chunk, when ∂W goes by the input's nonzeros and the input
+    gradient (if any) is band-limited (``ops.linear_lif_bwd``: the reverse scan adds each
+    row's ∂W, ∂b and masked ∂X terms as it reaches them, Δ is never stored).
 
     Host synchronisations, all in the forward: the band size inside the ``spike`` op and,
     when a graph is recorded, the compact input's size ``nnz``, whether its values are
