@@ -59,7 +59,8 @@ Measured per configuration and implementation (medians over ``--repeats`` after
   above what the process held before the step (weights and inputs excluded): on CUDA the
   peak allocator bytes, on CPU the growth of the peak RSS of a fresh process over one
   step (:func:`metrics.step_peak_rss`; one child process per implementation, the
-  problem handed over in a file; ``--no-peak`` skips it).
+  problem handed over in a file, one small step — one sample, 20 time steps — run first
+  so that the process's one-time costs are not counted; ``--no-peak`` skips it).
 * hidden layer in isolation (the issue's targets; the paper's Fig. 4 measures the same
   layer): the second hidden layer, fed the first hidden layer's spikes of the same
   implementation (so the sparse layer can use the upstream band, eq. 12). Its backward
@@ -707,11 +708,19 @@ def measure_peak_rss(cfg, rows, problem, args, progress):
 
 def _peak_setup(path, method, b_th, surrogate_name):
     """One whole step (forward, loss, backward) of ``method`` on the problem saved at
-    ``path``, for :func:`metrics.step_peak_rss`."""
+    ``path``, and its warm-up (one sample, 20 steps), for :func:`metrics.step_peak_rss`."""
     p = torch.load(path)
     cfg = CONFIGS[p["config"]]
     model = make_model(method, cfg, p["weights"], p["biases"], b_th, surrogate_name)
-    return lambda: loss_fn(cfg, model(p["x"]), p["labels"]).backward()
+    x, labels = p["x"], p["labels"]
+
+    def step(x=x, labels=labels):
+        loss_fn(cfg, model(x), labels).backward()
+
+    def warm_up():
+        step(x[:20, :1].contiguous(), labels[:1])
+        _zero_grad(model)
+    return step, warm_up
 
 
 # ------------------------------------------------------------------------ reporting
@@ -766,7 +775,7 @@ def _rho(r):
 _PEAK_NOTE = {
     "cuda": "peak = CUDA allocator peak of one step above the resident weights and inputs",
     "cpu": "peak = growth of the peak RSS (VmHWM) of a fresh process over one step, after "
-           "loading the model and inputs",
+           "loading the model and inputs and a warm-up step of one sample and 20 time steps",
     "off": "CPU peak memory not measured (--no-peak)",
 }
 

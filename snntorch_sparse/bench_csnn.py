@@ -19,7 +19,8 @@ the same model object** (``fuse`` shares its Parameters), interleaved repeat by 
 Loss as the tutorials: ``SF.ce_rate_loss()`` (tutorial 6), ``SF.mse_count_loss(0.8, 0.2)``
 (tutorial 7), random labels. Reported per implementation: forward, backward and whole step
 (medians of ``--repeats``), bytes kept for backward (``metrics.saved_bytes``), peak memory
-of one step (CPU: growth of the peak RSS of a fresh process over the step; CUDA: peak
+of one step (CPU: growth of the peak RSS of a fresh process over the step, after a small
+warm-up step; CUDA: peak
 allocator bytes above the step's start), ρ per hidden layer (band activity, eq. 13), and
 the FLOP floor: the multiply-adds each implementation must do (dense: forward + ∂W + ∂X of
 every convolution/linear layer; sparse: ∂W over the input's nonzeros and ∂X over the
@@ -218,11 +219,19 @@ def _kept_bytes(fn, x, y, loss_fn):
 
 
 def _peak_setup(name, method, steps, batch, b_th):
-    """One training step of ``method``, built for :func:`metrics.step_peak_rss` (which
-    runs it in a fresh process)."""
+    """One training step of ``method`` and its warm-up (one sample, 2 time steps), built
+    for :func:`metrics.step_peak_rss` (which runs it in a fresh process)."""
     net, x, y, loss_fn = problem(name, steps, batch)
     fns, _ = implementations(net, b_th)
-    return lambda: loss_fn(fns[method](x), y).backward()
+
+    def step(x=x, y=y):
+        loss_fn(fns[method](x), y).backward()
+
+    def warm_up():
+        step(x[:2, :1].contiguous(), y[:1])
+        for p in net.parameters():
+            p.grad = None
+    return step, warm_up
 
 
 def bench(name, device, repeats=3, warmup=1, b_th=0.2, quick=False, peak=True):

@@ -196,7 +196,12 @@ def step_peak_rss(setup, *args):
 
     ``setup`` (``"module:function"``, importable in the child) builds everything the step
     needs (model, inputs) and returns the step as a callable, so that only the step's own
-    allocations count (the peak is restarted after setup, :func:`reset_peak_rss`). A fresh
+    allocations count (the peak is restarted after setup, :func:`reset_peak_rss`). It may
+    return ``(step, warm_up)`` instead: ``warm_up()`` runs first, unmeasured — a small step
+    of the same model, so that what a process pays once (code paged in, thread pools and
+    their stacks, lazily built tables) is not counted as memory of a training step. It
+    should stay small: a warm-up at full size would leave freed blocks resident that the
+    measured step then reuses without a trace. A fresh
     process because the peak RSS only ever grows: in the parent, earlier work would hide
     the step's peak. ``args`` must be literals (``repr`` round-trips them). The child
     imports this copy of ``snntorch_sparse`` and uses as many threads as this process.
@@ -218,6 +223,9 @@ def step_peak_rss(setup, *args):
 def _step_peak_child(setup, args):
     module, name = setup.split(":")
     step = getattr(importlib.import_module(module), name)(*args)
+    if isinstance(step, tuple):
+        step, warm_up = step
+        warm_up()
     reset_peak_rss()
     before = peak_rss()
     result = step()

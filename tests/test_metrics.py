@@ -151,6 +151,34 @@ def _big_step(mb, transient_mb):
     return step
 
 
+_ONCE = []
+
+
+def _step_with_first_use(mb, once_mb, warm):
+    """A setup for step_peak_rss: a step that touches ``mb`` MiB and, the first time it
+    runs, keeps ``once_mb`` MiB for good (as a process's first use of a library does);
+    with ``warm`` a small step runs first (the warm-up)."""
+    def step(size=mb):
+        if not _ONCE:
+            _ONCE.append(torch.ones(once_mb << 18))
+        return float(torch.ones(size << 18)[0])
+    return (step, lambda: step(1)) if warm else step
+
+
+@pytest.mark.skipif(not metrics.peak_rss_supported(), reason="needs Linux /proc")
+def test_step_peak_rss_warm_up_runs_first_and_is_not_counted(monkeypatch):
+    """The one-time 128 MiB count when the step is the process's first use, and not after
+    the setup's warm-up."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (here, os.environ.get(
+        "PYTHONPATH")))))
+    cold, _ = metrics.step_peak_rss("test_metrics:_step_with_first_use", 64, 128, False)
+    warm, result = metrics.step_peak_rss("test_metrics:_step_with_first_use", 64, 128, True)
+    assert result == 1.0
+    assert 188 << 20 <= cold <= 230 << 20
+    assert 60 << 20 <= warm <= 100 << 20
+
+
 @pytest.mark.skipif(not metrics.peak_rss_supported(), reason="needs Linux /proc")
 def test_step_peak_rss_measures_the_step_not_the_setup(monkeypatch):
     """The step's own 64 MiB show (and its return value comes back); a 256 MiB transient of

@@ -35,7 +35,8 @@ void advise_range(void* p, int64_t bytes) {
 // oldest-freed go back to the system. Thread-safe (outputs are freed on autograd's threads).
 class OutputCache {
  public:
-  void* take(int64_t bytes) {
+  // A block of `bytes` (a size class), of which the caller will write `used`.
+  void* take(int64_t bytes, int64_t used) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = idle_.find(bytes);
@@ -48,7 +49,9 @@ class OutputCache {
     }
     void* p = std::aligned_alloc(kHugePage, bytes);
     TORCH_CHECK(p, "snntorch_sparse: out of memory allocating a ", bytes, "-byte output");
-    advise_range(p, bytes);
+    // Huge pages for the whole ones the first use writes: advising the class's rounded-up
+    // tail too would make a block resident up to 2 MiB beyond what is written.
+    advise_range(p, used);
     return p;
   }
 
@@ -113,7 +116,7 @@ void advise_huge_pages(const at::Tensor& t) {
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
   const int64_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = cache().take(rounded);
+  void* p = cache().take(rounded, bytes);
   return at::from_blob(p, sizes, [rounded](void* q) { cache().give(q, rounded); },
                        options.device(at::kCPU));
 }
