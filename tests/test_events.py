@@ -311,9 +311,10 @@ def test_chunked_hidden_layer_runs_each_chunk_as_one_op(gen):
 
 
 # --------------------------------------------------------------------- linear_lif_bwd
-def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b, carry=False):
+def _lif_bwd_args(gen, dtype, T, B, n_in, n_out, graded, shape, need_x, need_b, carry=False,
+                  density=0.1):
     R_ = T * B
-    x = (torch.rand(R_, n_in, generator=gen) < 0.1).double()
+    x = (torch.rand(R_, n_in, generator=gen) < density).double()
     if graded:
         x = x * (torch.rand(R_, n_in, generator=gen, dtype=torch.float64) + 0.5)
     colptr, rws, xvals = R.nonzero_csc(x.to(dtype), 1.0)
@@ -360,6 +361,19 @@ def test_linear_lif_bwd(gen, dtype, shape, surrogate, need):
         assert not torch.equal(no_carry[3], out[3])
 
 
+@pytest.mark.parametrize("graded", [False, True])
+def test_linear_lif_bwd_many_row_blocks(gen, graded):
+    """An input of 150 nonzeros per row over 1000 rows: the input is turned to rows in
+    several blocks (of 256 rows or more), in parallel; results as for one block."""
+    args = _lif_bwd_args(gen, torch.float64, 50, 20, 1500, 8, graded, R.ATAN, True, True,
+                         density=0.1)
+    out = ops.linear_lif_bwd(*args)
+    for got, exp in zip(out, R.linear_lif_bwd(*args)):
+        torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-10)
+    for a, b in zip(_one_thread(ops.linear_lif_bwd, args), out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_linear_lif_bwd_thread_count(gen):
     args = _lif_bwd_args(gen, torch.float64, 20, 8, 50, 96, True, R.ATAN, True, True)
     one = _one_thread(ops.linear_lif_bwd, args)
@@ -392,6 +406,8 @@ def _bwd_bad(**change):
     (_bwd_bad(vals=torch.zeros(2)), "`vals` must have one entry per set bit"),
     (_bwd_bad(rows=torch.tensor([9, 0], dtype=torch.int32)), "`rows` must lie in"),
     (_bwd_bad(dmem_last=torch.zeros(3)), "`dmem_last` must have shape"),
+    (_bwd_bad(colptr=torch.tensor([0, 2, 2, 2]), rows=torch.tensor([1, 0], dtype=torch.int32)),
+     "`rows` must ascend within each column"),
 ])
 def test_linear_lif_bwd_bad_arguments(args, match):
     with pytest.raises(RuntimeError, match=match):

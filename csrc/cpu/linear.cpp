@@ -677,6 +677,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
 // (dx_masked) — so Delta [T*B, n_out] is never stored. Threads own batch entries b (a
 // Delta row needs all its neurons), each summing dW into its own buffer.
 
+// The input by row (CSR) from its columns (CSC): rowptr [R + 1] and each row's columns in
+// ascending order, with their values `xv` if `xvals` is given (else the input is binary).
+// Threads take blocks of rows whose entries stay in cache; in each block a cursor per
+// column (first_entries) walks the block's entries twice: to count them per row, and
+// after the prefix sum to place them.
+template <typename T>
+void csr_from_csc(const int64_t* cp, const int32_t* rp, const T* xvals, int64_t n_in, int64_t R,
+                  std::vector<int64_t>& rowptr, std::vector<int32_t>& cols, std::vector<T>& xv) {
+  const int64_t nnz = cp[n_in];
+  rowptr.assign(R + 1, 0);
+  cols.resize(nnz);
+  xv.resize(xvals ? nnz : 0);
+  const int64_t per_row = std::max<int64_t>(1, nnz / std::max<int64_t>(R, 1));
+  const int64_t block = std::max<int64_t>(256, (int64_t(32) << 10) / per_row);  // ~128 KiB of cols
+  const int64_t blocks = (R + block - 1) / block;
+  std::vector<int64_t> next(blocks * n_in);
+  auto walk = [&](int64_t blk, auto&& visit) {
+    const int64_t r1 = std::min(R, (blk + 1) * block);
+    const int64_t* at = next.data() + blk * n_in;
+    for (int64_t i = 0; i < n_in; ++i)
+      for (int64_t k = at[i]; k < cp[i + 1] && rp[k] < r1; ++k) visit(i, k);
+  };
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      first_entries(cp, rp, n_in, blk * block, next.data() + blk * n_in);
+      walk(blk, [&](int64_t, int64_t k) { ++rowptr[rp[k] + 1]; });
+    }
+  });
+  for (int64_t r = 0; r < R; ++r) rowptr[r + 1] += rowptr[r];
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * block;
+      std::vector<int64_t> fill(rowptr.begin() + r0, rowptr.begin() + std::min(R, r0 + block));
+      walk(blk, [&](int64_t i, int64_t k) {
+        const int64_t at = fill[rp[k] - r0]++;
+        cols[at] = static_cast<int32_t>(i);
+        if (xvals) xv[at] = xvals[k];
+      });
+    }
+  });
+}
+
 // Batch entries [b0, b1) through all steps, backwards; `carry` [B * n_out] (or nullptr):
 // the gradient reaching the last membranes from later steps. `dnext`: Delta of the part's rows
 // at the step after (B1 x n_out), `ebuf`: n_out scratch; `dwt` [n_in, n_out] and `db`
@@ -756,21 +798,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
                xvals = xvals_in.contiguous(), wt = wt_in.contiguous(),
                up_bits = need_x ? up_bits_in.contiguous() : up_bits_in,
                carry = has_carry ? dmem_last_in->contiguous() : Tensor();
-  // The input by row (CSR): each row's nonzeros in ascending column.
-  const int64_t nnz = rows.numel();
-  const int64_t* cp = colptr.const_data_ptr<int64_t>();
-  const int32_t* rp = rows.const_data_ptr<int32_t>();
-  std::vector<int64_t> rowptr(R + 1, 0);
-  for (int64_t k = 0; k < nnz; ++k) ++rowptr[rp[k] + 1];
-  for (int64_t r = 0; r < R; ++r) rowptr[r + 1] += rowptr[r];
-  std::vector<int32_t> cols(nnz);
-  std::vector<int64_t> perm(nnz), fill(rowptr.begin(), rowptr.end() - 1);
-  for (int64_t i = 0; i < n_in; ++i)
-    for (int64_t k = cp[i]; k < cp[i + 1]; ++k) {
-      const int64_t at = fill[rp[k]]++;
-      cols[at] = static_cast<int32_t>(i);
-      perm[at] = k;
-    }
+  // csr_from_csc walks each column in row order
+  check_rows_ascend(colptr.const_data_ptr<int64_t>(), rows.const_data_ptr<int32_t>(), n_in, op);
   Tensor dwt = zeros_output({n_in, n_out}, grad.options());
   Tensor db = need_b ? zeros_output({n_out}, grad.options()) : at::empty({0}, grad.options());
   Tensor dx = need_x ? empty_output({R, n_in}, grad.options()) : at::empty({0}, grad.options());
@@ -784,8 +813,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_lif_bwd_cpu(
       words ? word_offsets(bits.const_data_ptr<int32_t>(), words, grad.numel(), offs) : std::vector<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "linear_lif_bwd_cpu", [&] {
     using T = scalar_t;
-    std::vector<T> xv(xvals.numel() ? nnz : 0);
-    for (int64_t k = 0; k < static_cast<int64_t>(xv.size()); ++k) xv[k] = xvals.const_data_ptr<T>()[perm[k]];
+    std::vector<int64_t> rowptr;
+    std::vector<int32_t> cols;
+    std::vector<T> xv;
+    csr_from_csc(colptr.const_data_ptr<int64_t>(), rows.const_data_ptr<int32_t>(),
+                 xvals.numel() ? xvals.const_data_ptr<T>() : nullptr, n_in, R, rowptr, cols, xv);
     // Part 0 sums into the outputs, the others into buffers added afterwards.
     std::vector<std::vector<T>> dw_part(parts - 1, std::vector<T>(n_in * n_out, T(0)));
     std::vector<std::vector<T>> db_part(parts - 1, std::vector<T>(need_b ? n_out : 0, T(0)));
