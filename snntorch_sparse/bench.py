@@ -4,7 +4,8 @@ and fused sparse backward.
 ``python -m snntorch_sparse bench [--device cpu|cuda] [--config NAME ...]``
 
 Four implementations of the same network run **in the same process, on the same
-weights and inputs**, one after the other:
+weights and inputs**, timed in rounds of one step of each in turn (a burst of load on a
+shared machine hits them all alike):
 
 * ``snntorch``: the loop users write today — for every step ``t`` and layer, ``cur =
   fc(h[t])`` then ``spk, mem = snntorch.Leaky(beta, spike_grad=atan())(cur, mem)``;
@@ -51,8 +52,8 @@ Configurations (``--list`` prints them):
   init) + LIF layer (β = 0.95, as its snnTorch entry), B = 16, T = 500, input ``randn``,
   loss = sum of the output spikes; N = 4096 / 8192 / 16384. ρ is whatever it is.
 
-Measured per configuration and implementation (medians over ``--repeats`` after
-``--warmup`` iterations and one probe pass; wall clock on CPU, CUDA events on GPU):
+Measured per configuration and implementation (medians over ``--repeats`` rounds after
+``--warmup`` rounds and one probe pass; wall clock on CPU, CUDA events on GPU):
 
 * whole step: forward (input → loss) and backward (``loss.backward()``) times; bytes
   kept for backward (:func:`metrics.saved_bytes`); peak memory of forward + backward
@@ -516,66 +517,112 @@ def _zero_grad(model):
         p.grad = None
 
 
-def _time_steps(device, warmup, repeats, forward, backward, setup=None):
-    """Run ``backward(forward())`` ``warmup + repeats`` times, timing the last ``repeats``
-    (regions "fwd" and "bwd"); ``setup()`` runs untimed before each. Returns the timer and
-    the largest CUDA peak above the memory allocated at the start of a step (None on CPU)."""
-    timer, peaks = metrics.Timer(device), []
+def _time_rounds(device, warmup, repeats, jobs):
+    """Time the steps ``jobs`` (method -> ``(forward, backward, setup)``: one step is
+    ``setup()`` untimed, then ``backward(forward())``, regions "fwd" and "bwd") in rounds of
+    one step of each method in turn, so that a burst of load on a shared machine hits them
+    all alike; the first ``warmup`` rounds are untimed. Returns method -> (timer, the largest
+    CUDA peak of a step above the memory allocated at its start, None on CPU), and
+    method -> the exception of a method whose step raised (it leaves the rounds)."""
+    timers = {m: metrics.Timer(device) for m in jobs}
+    peaks = {m: [] for m in jobs}
+    errors = {}
     for i in range(warmup + repeats):
-        if setup is not None:
-            setup()
         timed = i >= warmup
-        with metrics.peak_memory(device) as peak:
-            with timer("fwd") if timed else contextlib.nullcontext():
-                out = forward()
-            with timer("bwd") if timed else contextlib.nullcontext():
-                backward(out)
-        del out
-        if timed:
-            peaks.append(peak["extra"])
-    return timer, (None if peaks[0] is None else max(peaks))
+        for m, (forward, backward, setup) in jobs.items():
+            if m in errors:
+                continue
+            try:
+                setup()
+                with metrics.peak_memory(device) as peak:
+                    with timers[m]("fwd") if timed else contextlib.nullcontext():
+                        out = forward()
+                    with timers[m]("bwd") if timed else contextlib.nullcontext():
+                        backward(out)
+                del out
+            except Exception as err:  # OOM, kernel error: this method stops, the others go on
+                errors[m] = err
+                continue
+            if timed:
+                peaks[m].append(peak["extra"])
+    done = {m: (timers[m], None if not peaks[m] or peaks[m][0] is None else max(peaks[m]))
+            for m in jobs if m not in errors}
+    return done, errors
 
 
-def measure(model, cfg, x, labels, upstream, device, warmup, repeats):
-    """Whole step and isolated hidden layer timings and memory of one implementation."""
-    res = dict.fromkeys(("hidden_fwd_ms", "hidden_bwd_ms", "hidden_kept_bytes",
-                         "hidden_peak_bytes", "hidden_fwd_samples_ms", "hidden_bwd_samples_ms"))
-    # Probe pass: memory kept for backward and the gradients for the cross-checks.
+def _probe(model, cfg, x, labels):
+    """One untimed step: the bytes autograd keeps for backward, the output and the weight
+    gradients (for the cross-checks against snnTorch)."""
     _zero_grad(model)
     with metrics.saved_bytes() as kept:
         out = model(x)
         loss = loss_fn(cfg, out, labels)
     loss.backward()
-    res["kept_bytes"] = kept["bytes"]
     probe = {"out": out.detach(), "grads": [w.grad.detach().clone() for w in model.weights()]}
-    del out, loss
-
-    timer, res["peak_bytes"] = _time_steps(
-        device, warmup, repeats, lambda: loss_fn(cfg, model(x), labels),
-        lambda loss: loss.backward(), setup=lambda: _zero_grad(model))
     _zero_grad(model)
-    res["fwd_ms"], res["bwd_ms"] = timer.median("fwd"), timer.median("bwd")
-    res["fwd_samples_ms"], res["bwd_samples_ms"] = timer.samples("fwd"), timer.samples("bwd")
-    # Minima too: on a shared machine other processes only ever add time.
-    res["fwd_min_ms"], res["bwd_min_ms"] = min(res["fwd_samples_ms"]), min(res["bwd_samples_ms"])
+    return kept["bytes"], probe
+
+
+def _store_times(row, timer, peak, prefix=""):
+    """Medians, samples and minima (on a shared machine other processes only ever add time)
+    of the regions "fwd" and "bwd" into ``row``, keys ``prefix + "fwd_ms"`` etc."""
+    row[prefix + "peak_bytes"] = peak
+    for region in ("fwd", "bwd"):
+        row[f"{prefix}{region}_ms"] = timer.median(region)
+        row[f"{prefix}{region}_samples_ms"] = timer.samples(region)
+        row[f"{prefix}{region}_min_ms"] = min(timer.samples(region))
+
+
+def measure(models, cfg, x, labels, upstream, device, warmup, repeats):
+    """Whole step and isolated hidden layer timings and memory of the implementations
+    ``models`` (method -> model), timed in rounds across them (:func:`_time_rounds`).
+    Returns method -> results, method -> probe (:func:`_probe`), method -> exception."""
+    res, probes, errors = {}, {}, {}
+    for m, model in models.items():
+        try:
+            kept, probes[m] = _probe(model, cfg, x, labels)
+        except Exception as err:
+            errors[m] = err
+            continue
+        res[m] = dict.fromkeys(("hidden_fwd_ms", "hidden_bwd_ms", "hidden_kept_bytes",
+                                "hidden_peak_bytes", "hidden_fwd_samples_ms",
+                                "hidden_bwd_samples_ms"), None)
+        res[m]["kept_bytes"] = kept
+    jobs = {m: (lambda model=models[m]: loss_fn(cfg, model(x), labels),
+                lambda loss: loss.backward(), lambda model=models[m]: _zero_grad(model))
+            for m in res}
+    done, failed = _time_rounds(device, warmup, repeats, jobs)
+    errors.update(failed)
+    for m, (timer, peak) in done.items():
+        _store_times(res[m], timer, peak)
+        _zero_grad(models[m])
 
     k = cfg.hidden_index
     if k is not None:  # the hidden layer alone: ∂W_k and ∂input from a fixed upstream grad
-        inputs = model.hidden_input(x, k)
-        wrt = [model.weights()[k]] + model.grad_inputs(inputs)
-        with metrics.saved_bytes() as kept:
-            spk = model.hidden_forward(inputs, k)
-        res["hidden_kept_bytes"] = kept["bytes"]
-        torch.autograd.grad(spk, wrt, upstream)
-        del spk
-        timer, res["hidden_peak_bytes"] = _time_steps(
-            device, warmup, repeats, lambda: model.hidden_forward(inputs, k),
-            lambda spk: torch.autograd.grad(spk, wrt, upstream))
-        res["hidden_fwd_ms"], res["hidden_bwd_ms"] = timer.median("fwd"), timer.median("bwd")
-        res["hidden_fwd_samples_ms"] = timer.samples("fwd")
-        res["hidden_bwd_samples_ms"] = timer.samples("bwd")
-        del inputs, wrt
-    return res, probe
+        jobs = {}
+        for m in done:
+            model = models[m]
+            try:
+                inputs = model.hidden_input(x, k)
+                wrt = [model.weights()[k]] + model.grad_inputs(inputs)
+                with metrics.saved_bytes() as kept:
+                    spk = model.hidden_forward(inputs, k)
+                torch.autograd.grad(spk, wrt, upstream)
+                del spk
+            except Exception as err:
+                errors[m] = err
+                continue
+            res[m]["hidden_kept_bytes"] = kept["bytes"]
+            jobs[m] = (lambda model=model, inputs=inputs: model.hidden_forward(inputs, k),
+                       lambda spk, wrt=wrt: torch.autograd.grad(spk, wrt, upstream),
+                       lambda: None)
+        hidden, failed = _time_rounds(device, warmup, repeats, jobs)
+        errors.update(failed)
+        del jobs
+        for m, (timer, peak) in hidden.items():
+            _store_times(res[m], timer, peak, prefix="hidden_")
+    return ({m: r for m, r in res.items() if m not in errors}, probes,
+            {m: errors[m] for m in models if m in errors})
 
 
 def _ratio(a, b):
@@ -649,39 +696,50 @@ def bench_config(cfg, args, device, progress, methods=METHODS):
     base.update(rho=info["rho"], spike_rate=info["spike_rate"], weight_scale=info["weight_scale"],
                 input_rate=cfg.input_rate, input_rate_measured=info["input_rate_measured"],
                 rho_hidden=info["rho"][cfg.hidden_index] if cfg.hidden_index is not None else None)
-    rows, ref = [], None
+    rows, models = [], {}
     for method in methods:
-        progress.set_postfix_str(f"{cfg.name} / {method}")
         row = dict(base, method=method, gemm_gmacs_per_s=rate / 1e9,
                    floor_fwd_ms=floors[method]["fwd"] / rate * 1e3,
                    floor_bwd_ms=floors[method]["bwd"] / rate * 1e3)
         try:
-            model = make_model(method, cfg, weights, biases, args.b_th, args.surrogate)
-            res, probe = measure(model, cfg, x, labels, upstream, device, args.warmup,
-                                 args.repeats)
-            row.update(res)
-            row["step_ms"] = res["fwd_ms"] + res["bwd_ms"]
-            row["hidden_step_ms"] = (None if res["hidden_bwd_ms"] is None
-                                     else res["hidden_fwd_ms"] + res["hidden_bwd_ms"])
-            if ref is None and method == "snntorch":
-                ref = probe
-            elif ref is not None:  # cross-check against snnTorch's own gradients
-                row["out_max_abs_diff_vs_snntorch"] = (probe["out"] - ref["out"]).abs().max().item()
-                row["grad_rel_err_vs_snntorch"] = _rel_err(ref["grads"], probe["grads"])
-                row["grad_cos_vs_snntorch"] = _cosine(ref["grads"], probe["grads"])
-            del model, probe
-        except Exception as err:  # OOM, missing layer, kernel error: report and go on
-            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            progress.write(f"{cfg.name} / {method}: {row['error']}")
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            models[method] = make_model(method, cfg, weights, biases, args.b_th, args.surrogate)
+        except Exception as err:  # e.g. a missing layer: report and go on
+            _fail(row, err, cfg, progress)
         rows.append(row)
-        progress.update(1)
+    progress.set_postfix_str(f"{cfg.name}: {', '.join(models)} in rounds")
+    res, probes, errors = measure(models, cfg, x, labels, upstream, device, args.warmup,
+                                  args.repeats)
+    del models
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    ref = probes.get("snntorch")
+    for row in rows:
+        m = row["method"]
+        if m in errors:
+            _fail(row, errors[m], cfg, progress)
+        if m not in res:
+            continue
+        row.update(res[m])
+        row["step_ms"] = row["fwd_ms"] + row["bwd_ms"]
+        row["hidden_step_ms"] = (None if row["hidden_bwd_ms"] is None
+                                 else row["hidden_fwd_ms"] + row["hidden_bwd_ms"])
+        if ref is not None and m != "snntorch":  # cross-check against snnTorch's gradients
+            probe = probes[m]
+            row["out_max_abs_diff_vs_snntorch"] = (probe["out"] - ref["out"]).abs().max().item()
+            row["grad_rel_err_vs_snntorch"] = _rel_err(ref["grads"], probe["grads"])
+            row["grad_cos_vs_snntorch"] = _cosine(ref["grads"], probe["grads"])
+    del probes, ref
+    progress.update(len(methods))
     if args.peak and device.type == "cpu" and metrics.peak_rss_supported():
         measure_peak_rss(cfg, rows, (x, labels, weights, biases), args, progress)
     derive(rows)
     return rows
+
+
+def _fail(row, err, cfg, progress):
+    """Record an implementation's error in its row and say it (the run goes on)."""
+    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    progress.write(f"{cfg.name} / {row['method']}: {row['error']}")
 
 
 def measure_peak_rss(cfg, rows, problem, args, progress):
@@ -967,10 +1025,10 @@ def parse_args(argv):
                    help=f"batch size of the paper configs (default {BATCH['cpu']} on CPU, "
                         f"{BATCH['cuda']} on GPU; ONB always uses 16)")
     p.add_argument("--repeats", type=positive_int, default=None,
-                   help="timed iterations (default %d cpu, %d cuda)" % (
+                   help="timed rounds, each one step of every implementation (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][0], DEFAULT_REPEATS["cuda"][0]))
     p.add_argument("--warmup", type=non_negative_int, default=None,
-                   help="untimed iterations after the probe pass (default %d cpu, %d cuda)" % (
+                   help="untimed rounds after the probe pass (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][1], DEFAULT_REPEATS["cuda"][1]))
     p.add_argument("--rho", type=fraction, default=0.02,
                    help="target band activity of each hidden layer (default 0.02)")

@@ -258,3 +258,24 @@ def test_flop_floor_counts_the_cheaper_weight_gradient():
         "fwd": 1000.0 + 100.0 * 0.02, "bwd": 1000.0 * 0.05 + 100.0 * (0.02 + 0.04)}
     assert flop_floor(costs, "fused_dense", 10, False) == {"fwd": 1100.0,
                                                            "bwd": 1000.0 + 100.0 * 2}
+
+
+def test_time_rounds_interleaves_the_methods_and_drops_one_that_fails():
+    """One step of each method per round (a load burst hits them all alike), warm-up
+    rounds untimed; a method whose step raises leaves the rounds, the others go on."""
+    log = []
+
+    def job(name, fail_at=None):
+        def forward():
+            log.append(name)
+            if len(log) == fail_at:
+                raise RuntimeError("out of memory")
+            return name
+        return forward, lambda out: None, lambda: None
+
+    done, errors = bench._time_rounds("cpu", 1, 3, {"a": job("a"), "b": job("b", fail_at=5),
+                                                    "c": job("c")})
+    assert log == ["a", "b", "c", "a", "b", "c", "a", "c", "a", "c"]
+    assert set(done) == {"a", "c"} and str(errors["b"]) == "out of memory"
+    for timer, peak in done.values():
+        assert len(timer.samples("fwd")) == len(timer.samples("bwd")) == 3 and peak is None
