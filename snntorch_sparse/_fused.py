@@ -543,11 +543,21 @@ def _stack_csr(parts, ends):
     return rowptr, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
 
+#: Where the input-spike form runs as one op with the neuron scan (``linear_lif_bwd``: no
+#: Δ stored, no separate neuron pass), the trace form is chosen only when it counts this
+#: many times fewer multiply-adds: measured break-even on the CPU of docs/benchmarks.md
+#: (SHD shape, B = 32) between trace/spikes count ratios 0.35 (one op 1.4× faster) and
+#: 0.14 (trace 1.1× faster).
+ONE_PASS_TRACE_FACTOR = 5
+
+
 def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n_out,
-               grad_mem):
+               grad_mem, one_pass=False):
     """The weight-gradient form with the smallest multiply-add count (see SpikingLinear):
     for a compact input its nonzeros ("spikes") or the trace form, for a dense one the
-    trace form (``dw_trace_dense``) or the library's GEMM ("dense").
+    trace form (``dw_trace_dense``) or the library's GEMM ("dense"). ``one_pass``: the
+    spikes form would run as one op (:func:`_one_pass_applies`), which weighs the trace
+    form's count by :data:`ONE_PASS_TRACE_FACTOR`.
 
     The trace form is chosen by itself only for a binary compact input: it reads an input
     value only where an output is active, so a NaN/Inf elsewhere in a graded input would
@@ -565,7 +575,7 @@ def _choose_dw(cfg, x_compact, nnz_x, binary, nnz_act, trace_beta, T, B, n_in, n
     if cfg.dw_form is not None:
         return cfg.dw_form
     cost_spikes = nnz_x * n_out
-    cost_trace = n_in * (T * B + nnz_act)
+    cost_trace = n_in * (T * B + nnz_act) * (ONE_PASS_TRACE_FACTOR if one_pass else 1)
     return "trace" if trace_ok and binary and cost_trace < cost_spikes else "spikes"
 
 
@@ -809,7 +819,7 @@ class _SpikingLinear(torch.autograd.Function):
             if one_pass:
                 colptr, rows, xvals = csc_saved[3 * i:3 * i + 3]
                 if _choose_dw(cfg, True, rows.numel(), xvals.numel() == 0, c_vals.numel(),
-                              ctx.trace_beta, t1 - t0, B, n_in, n_out, None) == "spikes":
+                              ctx.trace_beta, t1 - t0, B, n_in, n_out, None, True) == "spikes":
                     # Δ never stored: ∂W, ∂b, ∂X of each row as the scan reaches it
                     g_w, g_b, c_dx, carry = ops.linear_lif_bwd(
                         g_spk, c_bits, c_vals, carry, betaf, colptr, rows, xvals, wt, c_up,
@@ -840,7 +850,7 @@ class _SpikingLinear(torch.autograd.Function):
                 form = _choose_dw(cfg, ctx.x_compact, rows.numel() if ctx.x_compact else 0,
                                   ctx.x_compact and xvals.numel() == 0, c_vals.numel(),
                                   ctx.trace_beta if ctx.x_compact else None, t1 - t0, B, n_in,
-                                  n_out, grad_mem)
+                                  n_out, grad_mem, one_pass)
                 if form == "dense":
                     g_w = delta2d.t() @ _span(x, t0, t1, T).reshape(r1 - r0, n_in)
                 elif form == "spikes":

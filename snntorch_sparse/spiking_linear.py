@@ -49,7 +49,9 @@ class SpikingLinear(SpikingLayer):
         the filtered input ``trace[t] = β·trace[t−1] + X[t]`` recomputed, never stored;
         only valid for a scalar, fixed β, reset subtract/none and no gradient into the
         membrane (never for a readout), and chosen only for a binary (0/1) input, so that
-        a NaN/Inf in a graded input shows in ∂W whichever form runs;
+        a NaN/Inf in a graded input shows in ∂W whichever form runs; where the
+        input-spike form runs as one op with the neuron scan (CPU, see below), only when
+        its count is 5× smaller (the measured break-even);
       - for an input kept dense: the trace form over that input (``dw_trace_dense``, the
         same validity, and only for a finite input) when ``8·nnz(band) < T·B·out`` (the
         GEMM runs ~8× more multiply-adds per second), else the dense GEMM ``ΔᵀX``;

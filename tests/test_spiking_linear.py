@@ -140,7 +140,8 @@ def _expected_form(layer, x, out):
     """The documented rule: above 25 % nonzeros the input stays dense, and ∂W is the trace
     form when valid (and the input finite) with 8·nnz(band) < T·B·out, else the GEMM;
     below, the smaller of nnz(X)·out (spikes) and in·(T·B + nnz(band)) (trace, when valid
-    and the input binary)."""
+    and the input binary), the latter times ONE_PASS_TRACE_FACTOR where the spikes form
+    runs as one op (CPU, no input gradient asked here)."""
     nnz_x = int((x != 0).sum())
     mem = _membrane(layer, x)
     nnz_band = int(((mem - layer.threshold).abs() < layer.b_th).sum())
@@ -150,7 +151,8 @@ def _expected_form(layer, x, out):
         pays = 8 * nnz_band < t * b * layer.out_features
         return "trace" if valid and bool(x.isfinite().all()) and pays else "dense"
     trace_ok = valid and bool(((x == 0) | (x == 1)).all())
-    cost_trace = n_in * (t * b + nnz_band)
+    one_pass = x.device.type == "cpu" and not x.requires_grad
+    cost_trace = n_in * (t * b + nnz_band) * (_fused.ONE_PASS_TRACE_FACTOR if one_pass else 1)
     return "trace" if trace_ok and cost_trace < nnz_x * layer.out_features else "spikes"
 
 
@@ -170,6 +172,22 @@ def test_weight_gradient_form_choice(rate, n_out, per_neuron, expect):
     ref = _reference(layer, x)
     _assert_grads(*_grads(out, ref, [layer.weight]))
     assert layer._report["dw"] == expect
+
+
+def test_one_pass_outweighs_a_trace_form_less_than_5x_smaller():
+    """Where the input-spike form runs as one op (CPU), a trace form that counts fewer
+    multiply-adds, but not ONE_PASS_TRACE_FACTOR times fewer, loses: the raw counts
+    would pick it here."""
+    layer = _layer("2%", n_out=100, beta=0.9)
+    x = _spikes(0.06)
+    out = layer(x)
+    nnz_x = int((x != 0).sum())
+    nnz_band = int(((_membrane(layer, x) - layer.threshold).abs() < layer.b_th).sum())
+    t, b, n_in = x.shape
+    trace = n_in * (t * b + nnz_band)
+    assert trace < nnz_x * 100 < _fused.ONE_PASS_TRACE_FACTOR * trace
+    _assert_grads(*_grads(out, _reference(layer, x), [layer.weight]))
+    assert layer._report["dw"] == "spikes" and layer._report["bwd"] == "one pass"
 
 
 @pytest.mark.parametrize("form", [None, "trace"])
