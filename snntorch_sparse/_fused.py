@@ -732,9 +732,13 @@ class _SpikingLinear(torch.autograd.Function):
         # chunks (backward). A dense input must be finite for it: its trace carries a
         # NaN/Inf only into the outputs active later, which a NaN input silences, so ∂W
         # would hide it where the dense form propagates it (one more sync).
+        # On a GPU only when asked for (dw_form="trace"): there the trace kernel (a block per
+        # input neuron walking its trace) lost to the GEMM 13x (ONB 4096, H200,
+        # docs/benchmarks.md), and the forward then needs neither sync.
         eligible = (need_w and eager and cfg.sparse and not cfg.readout and nrn.banded
                     and beta.numel() == 1 and not beta.requires_grad
-                    and nrn.reset in (SUBTRACT, NONE))
+                    and nrn.reset in (SUBTRACT, NONE)
+                    and (x.device.type == "cpu" or cfg.dw_form == "trace"))
         if ctx.x_compact:
             eligible = eligible and len(bounds) == 1
         elif eligible:  # a finite sum: every element finite (one cheap pass)

@@ -25,11 +25,11 @@ shared machine hits them all alike):
   resets in the step it fires, so the reset decays with the membrane; snnTorch's
   ``Leaky`` subtracts the previous step's spike after the decay, ``U_t = β U_{t−1} + X_t
   − θ S_{t−1}``, ``S_t = Θ(U_t − θ)``. Same cost per step, slightly different spike
-  trains (the cross-check shows it). The readout (infinite threshold) is a ``LIFNode``
-  with ``v_threshold=inf`` and hard reset (``v_reset=0``, never triggered) and
+  trains (the cross-check shows it). The readout (a threshold never reached) is a
+  ``LIFNode`` with ``v_threshold`` the largest float32 (finite, as SpikingJelly's CUDA op
+  requires) and hard reset (``v_reset=0``, never triggered) and
   ``store_v_seq=True``: ``V_t = β V_{t−1} + X_t`` exactly, its ``v_seq`` the readout
-  membrane — SpikingJelly's own node, at the cost of a ``[B, n_out]`` loop (a soft reset
-  would compute ``0·inf``). ATan(α) is snnTorch's atan(α), ``α/2 / (1 + (π/2 α x)²)``;
+  membrane — SpikingJelly's own node. ATan(α) is snnTorch's atan(α), ``α/2 / (1 + (π/2 α x)²)``;
   with ``--surrogate fast_sigmoid`` it gets snnTorch's fast sigmoid as a callable
   (SpikingJelly's same-shaped SoftSign(α) is α/2 times higher), which its LIF accepts.
 * ``fused_dense``: :class:`snntorch_sparse.SpikingLinear` with ``backward="dense"``:
@@ -440,7 +440,8 @@ class MultiStepNet(nn.Module):
             # decay_input=False: H = V − V/τ + X = βV + X with τ = 1/(1 − β)
             if self.readout and i == len(weights) - 1:
                 lif = neuron.LIFNode(tau=1.0 / (1.0 - cfg.beta_readout), decay_input=False,
-                                     v_threshold=math.inf, v_reset=0.0,
+                                     # never reached; finite, as its CUDA op requires
+                                     v_threshold=torch.finfo(torch.float32).max, v_reset=0.0,
                                      surrogate_function=spike_grad, detach_reset=True,
                                      step_mode="m", store_v_seq=True)
             else:

@@ -55,6 +55,8 @@ class SpikingLinear(SpikingLayer):
       - for an input kept dense: the trace form over that input (``dw_trace_dense``, the
         same validity, and only for a finite input) when ``8·nnz(band) < T·B·out`` (the
         GEMM runs ~8× more multiply-adds per second), else the dense GEMM ``ΔᵀX``;
+      - on a GPU the trace forms only when asked for: their kernel lost to the GEMM 13×
+        on an H200 (Open Neuromorphic 4096 shape, docs/benchmarks.md);
     * input gradient ``ΔW`` only where the upstream layer's band is set when the input
       is the spike output of one of our layers (a ``SpikingLinear``, ``Leaky``
       sequence) — the upstream multiplies it by its surrogate, 0 outside its band, so
@@ -78,8 +80,8 @@ class SpikingLinear(SpikingLayer):
 
     Host synchronisations, all in the forward: the band size inside the ``spike`` op and,
     when a graph is recorded, the compact input's size ``nnz``, whether its values are
-    all 1, a scalar fixed β read as a number (the trace form needs it), and for a dense
-    input where the trace form would pay, whether its sum is finite.
+    all 1, and on the CPU a scalar fixed β read as a number (the trace form needs it)
+    and, for a dense input where the trace form would pay, whether its sum is finite.
     None in the backward: the active set of the trace form is sized by the band's value
     count, already known on the host.
 

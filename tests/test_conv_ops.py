@@ -377,7 +377,10 @@ def test_cuda_half_precision(gen, dtype, geometry):
     """16-bit inputs, float accumulation: the float64 reference on the same (rounded) values,
     within rounding the result to the dtype plus float32 sums of Σ|terms|."""
     unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8
-    (delta, colptr, rows, xvals, *rest), _ = dw_case(GEOMETRIES[geometry], 6, 0.3, True, dtype, gen)
+    # the CSC made in float64 (nonzero_csc takes float32/float64), its values then rounded
+    (delta, colptr, rows, xvals, *rest), _ = dw_case(GEOMETRIES[geometry], 6, 0.3, True,
+                                                     torch.float64, gen)
+    delta, xvals = delta.to(dtype), xvals.to(dtype)
     out = ops.conv_dw_spikes(delta.cuda(), colptr.cuda(), rows.cuda(), xvals.cuda(), *rest)
     args64 = (delta.double(), colptr, rows, xvals.double(), *rest)
     magnitude = ref.conv_dw_spikes(delta.double().abs(), colptr, rows, xvals.double().abs(), *rest)

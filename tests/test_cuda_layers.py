@@ -108,3 +108,24 @@ def test_conv_stack_matches_reference(backward, dtype, tol):
     assert _rel(c.grad, dcur) < tol * 10
     if backward == "sparse":
         assert g._report["dx_masked"]
+
+
+@pytest.mark.parametrize("form", [None, "trace"])
+def test_gpu_runs_a_trace_form_only_when_asked(form):
+    """The trace forms lost to the GEMM on a GPU (docs/benchmarks.md): a dense input with few
+    outputs in the band, for which the CPU picks the trace form of ∂W, gets the GEMM on
+    CUDA, unless the trace form is asked for; either way the CPU's gradients."""
+    torch.manual_seed(7)
+    layer = snn.SpikingLinear(48, 40, beta=0.85, b_th=0.2, bias=True, dtype=torch.float64)
+    layer._dw_form = form
+    x = torch.randn(30, 4, 48, dtype=torch.float64)
+    target = torch.randn(30, 4, 40, dtype=torch.float64)
+    grads = []
+    for dev in ("cpu", "cuda"):
+        layer.to(dev)
+        layer.zero_grad()
+        (layer(x.to(dev)) * target.to(dev)).sum().backward()
+        grads.append([p.grad.cpu() for p in (layer.weight, layer.bias)])
+        assert layer._report["dw"] == ("trace" if dev == "cpu" or form else "dense"), dev
+    for got, want in zip(*reversed(grads)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from conftest import needs_cuda
 
 from snntorch_sparse import _ops
 from snntorch_sparse import reference as ref
@@ -131,6 +132,8 @@ def test_kernels_are_compiled(device):
     assert _ops.BACKENDS[device].startswith("compiled"), _ops.BACKENDS[device]
     key = device.upper() + ": "
     for op in _ops.OPS:
+        if device == "cuda" and op in _ops.CPU_ONLY:  # the library never calls these on CUDA
+            continue
         # The dispatcher names the file that registered each kernel; the reference
         # stand-ins are registered from _ops.py.
         lines = [ln for ln in torch._C._dispatch_dump(f"snntorch_sparse::{op}").splitlines()
@@ -481,6 +484,11 @@ def test_opcheck(device, gen, case):
 
 
 # ------------------------------------------------------------------------- errors
+#: Marks a bad call whose fault lies in the values of an index or a count (not a shape or
+#: a dtype): see test_cuda_skips_entries_out_of_range.
+VALUES = "values"
+
+
 def bad_call_cases():
     f64, i32 = torch.float64, torch.int32
     cur, v = torch.zeros(4, 5, dtype=f64), torch.zeros(5, dtype=f64)
@@ -490,7 +498,7 @@ def bad_call_cases():
         ("spike", (torch.zeros(5, dtype=i32), 0, 2.0, 0.2, 1.0), "u"),
         ("spike", (v, 7, 2.0, 0.2, 1.0), "shape"),
         ("band_grad", (v, torch.zeros(1, dtype=i32), torch.zeros(2, dtype=f64), 0, 2.0, 1.0,
-                       True), "vals"),
+                       True), "vals", VALUES),
         ("band_grad", (v, torch.zeros(1, dtype=torch.int64), e, 0, 2.0, 1.0, True), "bits"),
         ("band_grad", (v, torch.zeros(3, dtype=i32), e, 0, 2.0, 1.0, True), "bits"),
         ("band_grad", (v, e.int(), torch.zeros(4, dtype=f64), 0, 2.0, 1.0, True), "vals"),
@@ -524,25 +532,25 @@ def bad_call_cases():
         ("dw_spikes", (cur, colptr, rows.long(), e, 2), "rows"),
         ("dw_spikes", (cur, colptr.int(), rows, e, 2), "colptr"),
         ("dw_spikes", (cur, colptr, rows, e, 3), "colptr"),
-        ("dw_spikes", (cur, colptr, rows + 1, e, 2), "rows"),
+        ("dw_spikes", (cur, colptr, rows + 1, e, 2), "rows", VALUES),
         ("dw_spikes", (cur, colptr, rows, torch.zeros(3, dtype=f64), 2), "xvals"),
         ("dw_spikes", (cur, colptr, rows, torch.zeros(2, dtype=torch.float32), 2), "xvals"),
         # T = 1, B = 2: rowptr [0, 1, 2] is a valid CSR for cols [0, 3] when n_out > 3
         ("dw_trace", (colptr, rows, torch.zeros(2, dtype=f64), colptr.int(), rows, e, 0.9, 1, 2, 5),
          "colptr"),
         ("dw_trace", (colptr, rows, torch.zeros(2, dtype=f64), colptr, rows, e, 0.9, 1, 2, 3),
-         "cols"),
+         "cols", VALUES),
         ("dw_trace", (colptr, rows, torch.zeros(3, dtype=f64), colptr, rows, e, 0.9, 1, 2, 5),
          "eps_vals"),
         ("dw_trace", (colptr, rows, torch.zeros(2, dtype=f64), colptr, rows, e, 0.9, 3, 2, 5),
          "rowptr"),
         ("dw_trace", (colptr, rows, torch.zeros(2, dtype=f64), colptr, rows, e, 0.9, 1, 2, 5),
-         "rows"),  # rows must lie in [0, T*B)
+         "rows", VALUES),  # rows must lie in [0, T*B)
         ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:1], 0.9, 1, 2, 5), "x"),
         ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:2].float(), 0.9, 1, 2,
                             5), "x"),
         ("dw_trace_dense", (colptr, rows, torch.zeros(2, dtype=f64), cur[:2], 0.9, 1, 2, 3),
-         "cols"),
+         "cols", VALUES),
         ("dw_trace_dense", (colptr, rows, torch.zeros(3, dtype=f64), cur[:2], 0.9, 1, 2, 5),
          "eps_vals"),
         ("dx_masked", (cur, torch.zeros(3, 5, dtype=f64), torch.zeros(2, dtype=i32)), "bits"),
@@ -554,10 +562,29 @@ def bad_call_cases():
 
 @pytest.mark.parametrize("case", range(len(bad_call_cases())))
 def test_bad_arguments_name_the_argument(device, case):
-    op, args, name = bad_call_cases()[case]
+    op, args, name, *values = bad_call_cases()[case]
+    if values and device == "cuda":
+        pytest.skip("an index's or a count's value: the CUDA kernels skip such entries "
+                    "(test_cuda_skips_entries_out_of_range)")
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
     with pytest.raises(RuntimeError, match=f"`{name}`"):
         getattr(ops, op)(*args)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", [i for i, c in enumerate(bad_call_cases()) if VALUES in c])
+def test_cuda_skips_entries_out_of_range(case):
+    """The CPU kernels refuse an index out of range or a band count that does not match (the
+    cases above); reading those values on the host would synchronise the GPU, so the CUDA
+    kernels bound every index on the device and skip what lies outside: no fault, and the
+    result is that of the entries in range — all zero here, as every case's other inputs
+    are zeros (a read out of bounds would show as a fault or as garbage)."""
+    op, args, name, _ = bad_call_cases()[case]
+    out = getattr(ops, op)(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+    torch.cuda.synchronize()  # a fault inside the kernel would surface here
+    assert out.is_cuda and not out.cpu().any(), out
+    assert op != "band_grad" or out.shape == (2,), out.shape  # compact: one per value given
 
 
 @pytest.mark.parametrize("b_th", [0.0, -0.2, math.nan, -math.inf])

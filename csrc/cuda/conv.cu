@@ -217,9 +217,9 @@ at::Tensor conv_fwd_events_cuda(const at::Tensor& x_in, const at::Tensor& weight
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const auto acc_type = at::toOpMathType(x.scalar_type());
-  // Channels-last, as the CPU kernel returns it.
-  at::Tensor acc = at::zeros({g.R, g.C_out, g.Ho, g.Wo},
-                             x.options().dtype(acc_type).memory_format(at::MemoryFormat::ChannelsLast));
+  // Channels-last, as the CPU kernel returns it (at::zeros would drop the memory format).
+  at::Tensor acc = at::empty({g.R, g.C_out, g.Ho, g.Wo}, x.options().dtype(acc_type),
+                             at::MemoryFormat::ChannelsLast).zero_();
   if (acc.numel() != 0 && g.in_numel != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_events", [&] {
       conv_fwd_events_kernel<scalar_t><<<grid_for(g.in_numel * g.cout_g), kThreads, 0, stream()>>>(

@@ -234,7 +234,7 @@ Active active_arg(const at::Tensor& rowptr_in, const at::Tensor& cols_in,
   const at::Tensor cols = index_arg(cols_in, at::kInt, eps_vals_in, op, "cols");
   const int64_t R = checked_mul(T, B, op, "T*B");
   check_numel(rowptr, checked_add(R, 1, op, "T*B + 1"), op, "rowptr", "T*B + 1");
-  check_numel(cols, eps_vals_in.numel(), op, "cols", "one column per entry of eps_vals");
+  check_numel(eps_vals_in, cols.numel(), op, "eps_vals", "one value per entry of cols");
   return {rowptr, cols, R};
 }
 
@@ -356,7 +356,8 @@ at::Tensor linear_fwd_events_cuda(const at::Tensor& colptr_in, const at::Tensor&
   const c10::cuda::CUDAGuard guard(weight_t_in.device());
   const at::Tensor weight_t = weight_t_in.contiguous();
   const auto opmath = at::toOpMathType(weight_t.scalar_type());
-  at::Tensor acc = has_bias ? bias_in->to(opmath).expand({R, n_out}).contiguous()
+  // A copy: for R = 1 the expanded bias is already contiguous and would be written into.
+  at::Tensor acc = has_bias ? bias_in->to(opmath).expand({R, n_out}).clone(at::MemoryFormat::Contiguous)
                             : at::zeros({R, n_out}, weight_t.options().dtype(opmath));
   if (R == 0 || n_out == 0 || n_in == 0) return acc.to(weight_t.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_t.scalar_type(), "linear_fwd_events", [&] {
