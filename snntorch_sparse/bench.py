@@ -88,7 +88,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -1025,6 +1025,9 @@ def parse_args(argv):
     p.add_argument("--batch", type=positive_int, default=None,
                    help=f"batch size of the paper configs (default {BATCH['cpu']} on CPU, "
                         f"{BATCH['cuda']} on GPU; ONB always uses 16)")
+    p.add_argument("--num-steps", type=positive_int, default=None, metavar="T",
+                   help="time steps of every configuration (default: each one's own, "
+                        "--list)")
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed rounds, each one step of every implementation (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][0], DEFAULT_REPEATS["cuda"][0]))
@@ -1084,6 +1087,8 @@ def main(argv=None):
     try:
         configs = (resolve_configs(names, device.type, args.quick)
                    if names or not csnn or args.quick else [])
+        if args.num_steps:
+            configs = [replace(c, T=args.num_steps) for c in configs]
         writable_dir(args.out)
     except (ValueError, UsageError) as err:
         return usage_error(PROG, err)

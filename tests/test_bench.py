@@ -204,11 +204,24 @@ def test_cuda_without_gpu_is_a_one_line_error(capsys, tmp_path):
 @pytest.mark.parametrize("flag,value", [("--threads", "-1"), ("--threads", "0"),
                                         ("--b-th", "-1"), ("--b-th", "nan"), ("--rho", "-1"),
                                         ("--rho", "1.5"), ("--repeats", "0"),
-                                        ("--warmup", "-2"), ("--batch", "0")])
+                                        ("--warmup", "-2"), ("--batch", "0"),
+                                        ("--num-steps", "0")])
 def test_bad_numbers_are_one_line_usage_errors(capsys, tmp_path, flag, value):
     assert bench.main(["--device", "cpu", "--quick", flag, value, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert flag in err and "\n" not in err
+
+
+def test_num_steps_sets_every_configurations_sequence_length(tmp_path):
+    """``--num-steps``: the inputs (and so every row) have that many time steps."""
+    rc = bench.main(["--device", "cpu", "--config", "quick-paper,quick-onb", "--num-steps", "7",
+                     "--repeats", "1", "--warmup", "0", "--no-peak", "--no-plot",
+                     "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert [c["T"] for c in report["configs"]] == [7, 7]
+    assert {r["T"] for r in report["rows"]} == {7} and len(report["rows"]) >= 6
+    assert bench.CONFIGS["quick-paper"].T == 40  # the shared configurations stay as they were
 
 
 def test_unwritable_out_fails_before_running(capsys, tmp_path):
