@@ -17,6 +17,12 @@ Whatever the backend, the ops live under ``torch.ops.snntorch_sparse`` with the 
 schemas, fake (meta) implementations and autograd formula, so ``torch.compile`` and
 ``torch.library.opcheck`` see the same thing. A device whose kernels are missing (CUDA
 when the build had no CUDA) runs the reference for that device, also with one warning.
+
+Arguments are checked before any kernel runs (shape, dtype, device, sizes; an error names
+the argument). Where a fault lies in the values of an index or a count (a row of a
+compact input out of range, a band whose values do not match its bits), the CPU kernels
+refuse it; the CUDA kernels do not read those values on the host, which would synchronise
+the GPU, but bound every index on the device and skip the entries out of range.
 """
 
 import contextlib
