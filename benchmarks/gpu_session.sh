@@ -21,9 +21,12 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m snntorch_sparse info | head -5
 t0=$(date +%s)
 # every test that runs on a GPU: the CUDA-only files and the [cuda] cases of the op suites
-timeout ${TEST_TIMEOUT:-180} python3 -m pytest -q -p no:cacheprovider -n ${TEST_WORKERS:-12} \
+# (-v: a run stopped by the timeout still names each test's outcome in the log)
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider -p no:benchmark \
+  -n ${TEST_WORKERS:-16} --timeout 60 --tb=line -rfE \
   -k "${TEST_SELECT:-cuda}" ${TEST_FILES:-tests} > "$OUT/tests.log" 2>&1
-echo "tests: rc $? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -30; tail -2 "$OUT/tests.log"
+echo "tests: rc $? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | cut -c1-200 | head -30
+grep -cE " PASSED " "$OUT/tests.log"; tail -1 "$OUT/tests.log"
 if [ -z "${NO_PROBE:-}" ]; then
   timeout ${PROBE_TIMEOUT:-70} python3 benchmarks/gpu_probe.py --config shd --batch 32 --batch 256 \
     > "$OUT/probe.log" 2>&1; echo "probe: rc $?"
