@@ -1026,8 +1026,8 @@ def parse_args(argv):
                    help=f"batch size of the paper configs (default {BATCH['cpu']} on CPU, "
                         f"{BATCH['cuda']} on GPU; ONB always uses 16)")
     p.add_argument("--num-steps", type=positive_int, default=None, metavar="T",
-                   help="time steps of every configuration (default: each one's own, "
-                        "--list)")
+                   help="time steps of every fully connected configuration (default: "
+                        "each one's own, --list; csnn keeps its own)")
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed rounds, each one step of every implementation (default %d cpu, %d cuda)" % (
                        DEFAULT_REPEATS["cpu"][0], DEFAULT_REPEATS["cuda"][0]))
