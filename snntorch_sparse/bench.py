@@ -30,8 +30,9 @@ shared machine hits them all alike):
   requires) and hard reset (``v_reset=0``, never triggered) and
   ``store_v_seq=True``: ``V_t = β V_{t−1} + X_t`` exactly, its ``v_seq`` the readout
   membrane — SpikingJelly's own node. ATan(α) is snnTorch's atan(α),
-  ``α/2 / (1 + (π/2 α x)²)``; with ``--surrogate fast_sigmoid`` it gets snnTorch's fast sigmoid as a callable
-  (SpikingJelly's same-shaped SoftSign(α) is α/2 times higher), which its LIF accepts.
+  ``α/2 / (1 + (π/2 α x)²)``; with ``--surrogate fast_sigmoid`` it gets snnTorch's fast
+  sigmoid as a callable (SpikingJelly's same-shaped SoftSign(α) is α/2 times higher),
+  which its LIF accepts.
 * ``fused_dense``: :class:`snntorch_sparse.SpikingLinear` with ``backward="dense"``:
   one GEMM for all ``T``, the fused LIF kernels, the full surrogate (equal gradients).
 * ``fused_sparse``: the same layers with ``backward="sparse"`` (band ``|U − θ| < B_th``).
