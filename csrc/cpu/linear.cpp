@@ -449,19 +449,62 @@ Tensor linear_fwd_events_cpu(const Tensor& colptr_in, const Tensor& rows_in, con
   return out;
 }
 
+// The input by row (CSR) from its columns (CSC): rowptr [R + 1] and each row's columns in
+// ascending order, with their values `xv` if `xvals` is given (else the input is binary).
+// Threads take blocks of rows whose entries stay in cache; in each block a cursor per
+// column (first_entries) walks the block's entries twice: to count them per row, and
+// after the prefix sum to place them.
+template <typename T>
+void csr_from_csc(const int64_t* cp, const int32_t* rp, const T* xvals, int64_t n_in, int64_t R,
+                  std::vector<int64_t>& rowptr, std::vector<int32_t>& cols, std::vector<T>& xv) {
+  const int64_t nnz = cp[n_in];
+  rowptr.assign(R + 1, 0);
+  cols.resize(nnz);
+  xv.resize(xvals ? nnz : 0);
+  const int64_t per_row = std::max<int64_t>(1, nnz / std::max<int64_t>(R, 1));
+  const int64_t block = std::max<int64_t>(256, (int64_t(32) << 10) / per_row);  // ~128 KiB of cols
+  const int64_t blocks = (R + block - 1) / block;
+  std::vector<int64_t> next(blocks * n_in);
+  auto walk = [&](int64_t blk, auto&& visit) {
+    const int64_t r1 = std::min(R, (blk + 1) * block);
+    const int64_t* at = next.data() + blk * n_in;
+    for (int64_t i = 0; i < n_in; ++i)
+      for (int64_t k = at[i]; k < cp[i + 1] && rp[k] < r1; ++k) visit(i, k);
+  };
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      first_entries(cp, rp, n_in, blk * block, next.data() + blk * n_in);
+      walk(blk, [&](int64_t, int64_t k) { ++rowptr[rp[k] + 1]; });
+    }
+  });
+  for (int64_t r = 0; r < R; ++r) rowptr[r + 1] += rowptr[r];
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * block;
+      std::vector<int64_t> fill(rowptr.begin() + r0, rowptr.begin() + std::min(R, r0 + block));
+      walk(blk, [&](int64_t i, int64_t k) {
+        const int64_t at = fill[rp[k] - r0]++;
+        cols[at] = static_cast<int32_t>(i);
+        if (xvals) xv[at] = xvals[k];
+      });
+    }
+  });
+}
+
 // ---------------------------------------------------------------- linear_lif_events
 // A hidden layer's forward from its compact input in one sweep over time: currents
 // (linear_fwd_events), membrane (lif_fwd), spikes and band (spike of U - theta) and the
 // spikes' own compact form (nonzero_csc, the next layer's input), without forming the
 // [R, n_out] currents or membrane. The recurrence runs along t independently per neuron,
 // so threads own ranges of output columns for the whole sequence and never wait for each
-// other: for a block of steps a thread sums its columns' currents into an L2-sized buffer
-// (add_events), steps their membranes, writes their spikes and lists its band entries and
-// spikes; the lists are merged in row-major order at the end. Every value is computed by
-// the expressions, in the order, of the unfused ops, so the results are theirs bit for bit.
+// other: row by row (the input turned to rows once, csr_from_csc) a thread sums its
+// columns' currents into a small buffer, steps their membranes, writes their spikes and
+// lists its band entries and spikes; the lists are merged in row-major order at the end.
+// Every value is computed by the expressions, in the order, of the unfused ops (a row's
+// input columns ascend, as in linear_fwd_events), so the results are theirs bit for bit.
 
-// Bytes of a thread's block of currents.
-constexpr int64_t kLifBlockBytes = 128 << 10;
+// Bytes of a thread's block of currents (in L1 while its rows are stepped and listed).
+constexpr int64_t kLifBlockBytes = 16 << 10;
 
 // One row of a thread's n columns: U from the previous U (`state`, updated) and the current
 // `c` (overwritten by u = U - theta), the spikes `s`; bit j % 32 of band[j / 32] / fire[j / 32]
@@ -491,33 +534,43 @@ SNN_CLONE_INLINE void lif_spike_row(T* c, T* state, const T* be, const T* th, T*
   }
 }
 
-// What a thread keeps of its columns [n0, n0 + n) across the blocks of steps: U of its
-// B x n neurons (`state`) with their beta and theta, and its cursor into each input column.
+// What a thread keeps of its columns [n0, n0 + n) across the blocks of rows: U of its
+// B x n neurons (`state`) with their beta and theta; and what it reads: the input by row.
 template <typename T>
 struct LifColumns {
-  const int64_t* colptr;
-  const int32_t* rows;
-  const T* xvals;  // nullptr: binary input
+  const int64_t* rowptr;
+  const int32_t* cols;
+  const T* xv;     // nullptr: binary input
   const T* wt;     // weight_t, offset to column n0
   const T* bias;   // offset to n0, or nullptr
-  int64_t n_in, n_out, n0, n, B;
+  int64_t n_out, n0, n, B;
   T* state;
   const T* beta;
   const T* theta;
-  int64_t* next;
 };
 
-// Rows [r0, r1) (whole steps) of a thread's columns: currents into `cur` (add_events), then
-// per row the membranes, spikes (into spk) and the band / fire words of the row (`words`
-// apart). Does not throw (SNN_VECTOR_CLONES): all buffers are allocated by the caller.
+// Rows [r0, r1) of a thread's columns: per row the currents into `cur` (bias, then the
+// weight rows of the row's input columns in ascending order, as add_events), the
+// membranes, spikes (into spk) and the band / fire words of the row (`words` apart). Does
+// not throw (SNN_VECTOR_CLONES): all buffers are allocated by the caller.
 template <typename T, int64_t RST>
 SNN_VECTOR_CLONES void lif_block(const LifColumns<T>& p, T* cur, T* spk, int64_t r0, int64_t r1, T g,
                                  T bth, uint32_t* band, uint32_t* fire, int64_t words) {
-  add_events(p.colptr, p.rows, p.xvals, p.wt, p.n_out, p.bias, cur, p.n, r0, r1, p.n_in, p.next);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = (r % p.B) * p.n, i = r - r0;
-    lif_spike_row<T, RST>(cur + i * p.n, p.state + b, p.beta + b, p.theta + b, spk + r * p.n_out + p.n0, p.n, g,
-                          bth, band + i * words, fire + i * words);
+    T* __restrict o = cur + i * p.n;
+    for (int64_t j = 0; j < p.n; ++j) o[j] = p.bias ? p.bias[j] : T(0);
+    for (int64_t k = p.rowptr[r]; k < p.rowptr[r + 1]; ++k) {
+      const T* __restrict w = p.wt + static_cast<int64_t>(p.cols[k]) * p.n_out;
+      if (p.xv) {
+        const T v = p.xv[k];
+        for (int64_t j = 0; j < p.n; ++j) o[j] += v * w[j];
+      } else {  // binary input: x = 1 exactly, skip the products
+        for (int64_t j = 0; j < p.n; ++j) o[j] += w[j];
+      }
+    }
+    lif_spike_row<T, RST>(o, p.state + b, p.beta + b, p.theta + b, spk + r * p.n_out + p.n0, p.n, g, bth,
+                          band + i * words, fire + i * words);
   }
 }
 
@@ -531,14 +584,13 @@ struct LifPart {
 };
 
 template <typename T, int64_t RST>
-void lif_part(LifPart<T>& part, const int64_t* colptr, const int32_t* rows, const T* xvals,
-              const T* wt, const T* bias, const T* mem0, const T* beta, const T* theta, T* spk,
-              T* mem_last, int64_t R, int64_t B, int64_t n_in, int64_t n_out, T g, T bth) {
-  const int64_t n0 = part.n0, n = part.n, steps = R / B, words = (n + 31) / 32;
-  const int64_t block = std::max<int64_t>(1, kLifBlockBytes / (B * n * static_cast<int64_t>(sizeof(T))));
-  std::vector<T> cur(block * B * n), state(B * n), be(B * n), th(B * n);
-  std::vector<uint32_t> band(block * B * words), fire(block * B * words);
-  std::vector<int64_t> next(n_in);
+void lif_part(LifPart<T>& part, const int64_t* rowptr, const int32_t* cols, const T* xv, const T* wt,
+              const T* bias, const T* mem0, const T* beta, const T* theta, T* spk, T* mem_last, int64_t R,
+              int64_t B, int64_t n_out, T g, T bth) {
+  const int64_t n0 = part.n0, n = part.n, words = (n + 31) / 32;
+  const int64_t block = std::max<int64_t>(1, kLifBlockBytes / (n * static_cast<int64_t>(sizeof(T))));
+  std::vector<T> cur(block * n), state(B * n), be(B * n), th(B * n);
+  std::vector<uint32_t> band(block * words), fire(block * words);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t j = 0; j < n; ++j) {
       const int64_t m = b * n_out + n0 + j;
@@ -547,12 +599,11 @@ void lif_part(LifPart<T>& part, const int64_t* colptr, const int32_t* rows, cons
       th[b * n + j] = theta[m];
     }
   part.row_counts.assign(R, 0);
-  first_entries(colptr, rows, n_in, 0, next.data());
-  const LifColumns<T> cols{colptr, rows, xvals, wt + n0, bias ? bias + n0 : nullptr, n_in, n_out, n0, n, B,
-                           state.data(), be.data(), th.data(), next.data()};
-  for (int64_t t0 = 0; t0 < steps; t0 += block) {
-    const int64_t r0 = t0 * B, r1 = std::min(steps, t0 + block) * B;
-    lif_block<T, RST>(cols, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
+  const LifColumns<T> p{rowptr, cols, xv, wt + n0, bias ? bias + n0 : nullptr, n_out, n0, n, B,
+                        state.data(), be.data(), th.data()};
+  for (int64_t r0 = 0; r0 < R; r0 += block) {
+    const int64_t r1 = std::min(R, r0 + block);
+    lif_block<T, RST>(p, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
     for (int64_t r = r0; r < r1; ++r) {  // the lists (which allocate) outside the clones
       const int64_t i = r - r0;
       for (int64_t w = 0; w < words; ++w) {
@@ -610,6 +661,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_out / 16));
   AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "linear_lif_events_cpu", [&] {
     using T = scalar_t;
+    std::vector<int64_t> rowptr;
+    std::vector<int32_t> cols;
+    std::vector<T> xv;
+    csr_from_csc(cp, rp, xvals.numel() ? xvals.const_data_ptr<T>() : nullptr, n_in, R, rowptr, cols, xv);
     std::vector<LifPart<T>> part(parts);
     for (int64_t q = 0; q < parts; ++q) {
       part[q].n0 = n_out * q / parts;
@@ -619,10 +674,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
     at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         auto run = [&](auto kernel) {
-          kernel(part[q], cp, rp, xvals.numel() ? xvals.const_data_ptr<T>() : nullptr, wt.const_data_ptr<T>(),
+          kernel(part[q], rowptr.data(), cols.data(), xv.empty() ? nullptr : xv.data(), wt.const_data_ptr<T>(),
                  has_bias ? bias.const_data_ptr<T>() : nullptr, mem0.const_data_ptr<T>(),
                  beta.const_data_ptr<T>(), theta.const_data_ptr<T>(), spk.mutable_data_ptr<T>(),
-                 mem_last.mutable_data_ptr<T>(), R, B, n_in, n_out, g, bth);
+                 mem_last.mutable_data_ptr<T>(), R, B, n_out, g, bth);
         };
         if (reset == SUBTRACT) run(lif_part<T, SUBTRACT>);
         else if (reset == ZERO) run(lif_part<T, ZERO>);
@@ -676,48 +731,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
 // row of each input nonzero of row r), of the bias and of the masked input gradient
 // (dx_masked) — so Delta [T*B, n_out] is never stored. Threads own batch entries b (a
 // Delta row needs all its neurons), each summing dW into its own buffer.
-
-// The input by row (CSR) from its columns (CSC): rowptr [R + 1] and each row's columns in
-// ascending order, with their values `xv` if `xvals` is given (else the input is binary).
-// Threads take blocks of rows whose entries stay in cache; in each block a cursor per
-// column (first_entries) walks the block's entries twice: to count them per row, and
-// after the prefix sum to place them.
-template <typename T>
-void csr_from_csc(const int64_t* cp, const int32_t* rp, const T* xvals, int64_t n_in, int64_t R,
-                  std::vector<int64_t>& rowptr, std::vector<int32_t>& cols, std::vector<T>& xv) {
-  const int64_t nnz = cp[n_in];
-  rowptr.assign(R + 1, 0);
-  cols.resize(nnz);
-  xv.resize(xvals ? nnz : 0);
-  const int64_t per_row = std::max<int64_t>(1, nnz / std::max<int64_t>(R, 1));
-  const int64_t block = std::max<int64_t>(256, (int64_t(32) << 10) / per_row);  // ~128 KiB of cols
-  const int64_t blocks = (R + block - 1) / block;
-  std::vector<int64_t> next(blocks * n_in);
-  auto walk = [&](int64_t blk, auto&& visit) {
-    const int64_t r1 = std::min(R, (blk + 1) * block);
-    const int64_t* at = next.data() + blk * n_in;
-    for (int64_t i = 0; i < n_in; ++i)
-      for (int64_t k = at[i]; k < cp[i + 1] && rp[k] < r1; ++k) visit(i, k);
-  };
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      first_entries(cp, rp, n_in, blk * block, next.data() + blk * n_in);
-      walk(blk, [&](int64_t, int64_t k) { ++rowptr[rp[k] + 1]; });
-    }
-  });
-  for (int64_t r = 0; r < R; ++r) rowptr[r + 1] += rowptr[r];
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t r0 = blk * block;
-      std::vector<int64_t> fill(rowptr.begin() + r0, rowptr.begin() + std::min(R, r0 + block));
-      walk(blk, [&](int64_t i, int64_t k) {
-        const int64_t at = fill[rp[k] - r0]++;
-        cols[at] = static_cast<int32_t>(i);
-        if (xvals) xv[at] = xvals[k];
-      });
-    }
-  });
-}
 
 // Batch entries [b0, b1) through all steps, backwards; `carry` [B * n_out] (or nullptr):
 // the gradient reaching the last membranes from later steps. `dnext`: Delta of the part's rows
