@@ -181,23 +181,30 @@ def test_linear_lif_events(gen, dtype, shape, density, reset, variant):
         assert (spk != 0).double().mean() > 0.25
 
 
-def _one_thread(op, args):
+def _with_threads(n, op, args):
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
+        torch.set_num_threads(n)
         return op(*args)
     finally:
         torch.set_num_threads(threads)
 
 
+def _one_thread(op, args):
+    return _with_threads(1, op, args)
+
+
 def test_linear_lif_events_thread_count_and_density_limit(gen):
-    """Column parts per thread do not change any result; spikes denser than
-    ``max_density`` give no compact form (as ``nonzero_csc``)."""
-    args = _lif_events_args(gen, torch.float32, 40, 8, 50, 96, 0.3, False, True, R.SUBTRACT,
-                            1.0)
-    one = _one_thread(ops.linear_lif_events, args)
-    out = ops.linear_lif_events(*args)
-    assert all(torch.equal(a, b) for a, b in zip(one, out))
+    """The threads' tiles (batch entries, then columns: 2 threads over B = 8, 4 over 3,
+    8 over 3 (3 x 2 tiles), 3 over 1 (columns only)) do not change any result; spikes
+    denser than ``max_density`` give no compact form (as ``nonzero_csc``)."""
+    for threads, B in ((2, 8), (4, 3), (8, 3), (3, 1)):
+        args = _lif_events_args(gen, torch.float32, 40, B, 50, 96, 0.3, False, True,
+                                R.SUBTRACT, 1.0)[:-1] + (1.0,)  # every spike listed
+        one = _one_thread(ops.linear_lif_events, args)
+        out = _with_threads(threads, ops.linear_lif_events, args)
+        assert (out[0] != 0).any() and out[2].numel() > 0 and out[4].numel() > 0
+        assert all(torch.equal(a, b) for a, b in zip(one, out))
     rate = (out[0] != 0).double().mean().item()
     assert 0 < rate < 1
     dense = ops.linear_lif_events(*args[:-1], rate / 2)

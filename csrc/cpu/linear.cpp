@@ -496,10 +496,11 @@ void csr_from_csc(const int64_t* cp, const int32_t* rp, const T* xvals, int64_t 
 // (linear_fwd_events), membrane (lif_fwd), spikes and band (spike of U - theta) and the
 // spikes' own compact form (nonzero_csc, the next layer's input), without forming the
 // [R, n_out] currents or membrane. The recurrence runs along t independently per neuron,
-// so threads own ranges of output columns for the whole sequence and never wait for each
-// other: row by row (the input turned to rows once, csr_from_csc) a thread sums its
-// columns' currents into a small buffer, steps their membranes, writes their spikes and
-// lists its band entries and spikes; the lists are merged in row-major order at the end.
+// so threads own tiles of neurons (batch entries, then columns) for the whole sequence and
+// never wait for each other: row by row (the input turned to rows once, csr_from_csc) a
+// thread sums its tile's currents into a small buffer, steps their membranes, writes their
+// spikes and lists its band entries and spikes; the lists are merged in row-major order at
+// the end.
 // Every value is computed by the expressions, in the order, of the unfused ops (a row's
 // input columns ascend, as in linear_fwd_events), so the results are theirs bit for bit.
 
@@ -534,8 +535,9 @@ SNN_CLONE_INLINE void lif_spike_row(T* c, T* state, const T* be, const T* th, T*
   }
 }
 
-// What a thread keeps of its columns [n0, n0 + n) across the blocks of rows: U of its
-// B x n neurons (`state`) with their beta and theta; and what it reads: the input by row.
+// What a thread keeps of its tile, batch entries [b0, b0 + nb) x columns [n0, n0 + n),
+// across the blocks of rows: U of its nb x n neurons (`state`) with their beta and theta;
+// and what it reads: the input by row.
 template <typename T>
 struct LifColumns {
   const int64_t* rowptr;
@@ -543,13 +545,14 @@ struct LifColumns {
   const T* xv;     // nullptr: binary input
   const T* wt;     // weight_t, offset to column n0
   const T* bias;   // offset to n0, or nullptr
-  int64_t n_out, n0, n, B;
+  int64_t n_out, n0, n, B, b0;
   T* state;
   const T* beta;
   const T* theta;
 };
 
-// Rows [r0, r1) of a thread's columns: per row the currents into `cur` (bias, then the
+// Rows [r0, r1) of a thread's tile (one step's, or all rows when the tile spans the
+// batch): per row the currents into `cur` (bias, then the
 // weight rows of the row's input columns in ascending order, as add_events), the
 // membranes, spikes (into spk) and the band / fire words of the row (`words` apart). Does
 // not throw (SNN_VECTOR_CLONES): all buffers are allocated by the caller.
@@ -557,7 +560,7 @@ template <typename T, int64_t RST>
 SNN_VECTOR_CLONES void lif_block(const LifColumns<T>& p, T* cur, T* spk, int64_t r0, int64_t r1, T g,
                                  T bth, uint32_t* band, uint32_t* fire, int64_t words) {
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = (r % p.B) * p.n, i = r - r0;
+    const int64_t b = (r % p.B - p.b0) * p.n, i = r - r0;
     T* __restrict o = cur + i * p.n;
     for (int64_t j = 0; j < p.n; ++j) o[j] = p.bias ? p.bias[j] : T(0);
     for (int64_t k = p.rowptr[r]; k < p.rowptr[r + 1]; ++k) {
@@ -574,11 +577,12 @@ SNN_VECTOR_CLONES void lif_block(const LifColumns<T>& p, T* cur, T* spk, int64_t
   }
 }
 
-// What one thread records over its columns: its band entries in row-major order (column
-// and u of each, and how many per row) and its spikes (row, column) in row order.
+// What one thread records over its tile (batch entries [b0, b0 + nb), columns
+// [n0, n0 + n)): its band entries in row-major order (column and u of each, and how many
+// per row) and its spikes (row, column) in row order.
 template <typename T>
 struct LifPart {
-  int64_t n0 = 0, n = 0;
+  int64_t b0 = 0, nb = 0, n0 = 0, n = 0;
   std::vector<T> band_vals;
   std::vector<int32_t> band_cols, row_counts, fired_rows, fired_cols;
 };
@@ -587,22 +591,26 @@ template <typename T, int64_t RST>
 void lif_part(LifPart<T>& part, const int64_t* rowptr, const int32_t* cols, const T* xv, const T* wt,
               const T* bias, const T* mem0, const T* beta, const T* theta, T* spk, T* mem_last, int64_t R,
               int64_t B, int64_t n_out, T g, T bth) {
-  const int64_t n0 = part.n0, n = part.n, words = (n + 31) / 32;
+  const int64_t b0 = part.b0, nb = part.nb, n0 = part.n0, n = part.n, words = (n + 31) / 32;
   const int64_t block = std::max<int64_t>(1, kLifBlockBytes / (n * static_cast<int64_t>(sizeof(T))));
-  std::vector<T> cur(block * n), state(B * n), be(B * n), th(B * n);
+  std::vector<T> cur(block * n), state(nb * n), be(nb * n), th(nb * n);
   std::vector<uint32_t> band(block * words), fire(block * words);
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < nb; ++b)
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t m = b * n_out + n0 + j;
+      const int64_t m = (b0 + b) * n_out + n0 + j;
       state[b * n + j] = mem0[m];
       be[b * n + j] = beta[m];
       th[b * n + j] = theta[m];
     }
   part.row_counts.assign(R, 0);
-  const LifColumns<T> p{rowptr, cols, xv, wt + n0, bias ? bias + n0 : nullptr, n_out, n0, n, B,
+  const LifColumns<T> p{rowptr, cols, xv, wt + n0, bias ? bias + n0 : nullptr, n_out, n0, n, B, b0,
                         state.data(), be.data(), th.data()};
-  for (int64_t r0 = 0; r0 < R; r0 += block) {
-    const int64_t r1 = std::min(R, r0 + block);
+  // The tile's rows: nb consecutive rows per step, or all R when it spans the batch.
+  const bool whole = nb == B;
+  const int64_t span = whole ? R : nb, spans = whole ? 1 : R / B;
+  for (int64_t r0 = b0, sp = 0; sp < spans; ++sp, r0 = sp * B + b0)
+  for (const int64_t end = r0 + span; r0 < end; r0 += block) {
+    const int64_t r1 = std::min(end, r0 + block);
     lif_block<T, RST>(p, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
     for (int64_t r = r0; r < r1; ++r) {  // the lists (which allocate) outside the clones
       const int64_t i = r - r0;
@@ -620,8 +628,8 @@ void lif_part(LifPart<T>& part, const int64_t* rowptr, const int32_t* cols, cons
       }
     }
   }
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < n; ++j) mem_last[b * n_out + n0 + j] = state[b * n + j];
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t j = 0; j < n; ++j) mem_last[(b0 + b) * n_out + n0 + j] = state[b * n + j];
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_events_cpu(
@@ -657,8 +665,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
   Tensor bits = zeros_output({(n + 31) / 32}, wt.options().dtype(at::kInt));
   Tensor mem_last = empty_output({M}, wt.options());
   Tensor vals, out_colptr, out_rows, out_xvals;
-  // Parts of at least 16 columns (a vector's worth of work per row), one per thread.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_out / 16));
+  // One tile per thread: batch entries split first (a thread then writes whole rows of
+  // spikes; threads writing parts of the same rows slowed each other down: 2 threads took
+  // longer than 1), then columns, at least 16 per part (a vector's worth per row).
+  const int64_t threads = at::get_num_threads(), bparts = std::min(threads, B),
+                cparts = std::max<int64_t>(1, std::min<int64_t>(threads / bparts, n_out / 16)),
+                parts = bparts * cparts;
   AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "linear_lif_events_cpu", [&] {
     using T = scalar_t;
     std::vector<int64_t> rowptr;
@@ -666,9 +678,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
     std::vector<T> xv;
     csr_from_csc(cp, rp, xvals.numel() ? xvals.const_data_ptr<T>() : nullptr, n_in, R, rowptr, cols, xv);
     std::vector<LifPart<T>> part(parts);
-    for (int64_t q = 0; q < parts; ++q) {
-      part[q].n0 = n_out * q / parts;
-      part[q].n = n_out * (q + 1) / parts - part[q].n0;
+    for (int64_t q = 0; q < parts; ++q) {  // ordered by batch entries, then columns
+      const int64_t bq = q / cparts, cq = q % cparts;
+      part[q].b0 = B * bq / bparts;
+      part[q].nb = B * (bq + 1) / bparts - part[q].b0;
+      part[q].n0 = n_out * cq / cparts;
+      part[q].n = n_out * (cq + 1) / cparts - part[q].n0;
     }
     const T g = static_cast<T>(gamma), bth = static_cast<T>(b_th);
     at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
@@ -684,7 +699,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
         else run(lif_part<T, NONE>);
       }
     });
-    // The band, row by row: in a row the parts' columns ascend with the part.
+    // The band, row by row: a row's parts are consecutive, their columns ascending.
     int64_t nnz = 0, fired = 0;
     for (const auto& pt : part) {
       nnz += static_cast<int64_t>(pt.band_vals.size());
@@ -717,8 +732,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_lif_ev
     out_rows = empty_output({fired}, wt.options().dtype(at::kInt));
     int32_t* orp = out_rows.mutable_data_ptr<int32_t>();
     std::vector<int64_t> fill(ocp, ocp + n_out);
-    for (const auto& pt : part)  // rows ascend within each part's list, so within a column
-      for (size_t e = 0; e < pt.fired_rows.size(); ++e) orp[fill[pt.fired_cols[e]]++] = pt.fired_rows[e];
+    std::vector<size_t> at_fired(parts, 0);
+    // Rows ascend within a part's list; step by step, the parts in order of their batch
+    // entries, so that rows ascend within each column.
+    for (int64_t t = 0; t < R / B; ++t)
+      for (int64_t q = 0; q < parts; ++q) {
+        const auto& pt = part[q];
+        const int64_t end = t * B + pt.b0 + pt.nb;  // past the part's rows of step t
+        for (size_t& e = at_fired[q]; e < pt.fired_rows.size() && pt.fired_rows[e] < end; ++e)
+          orp[fill[pt.fired_cols[e]]++] = pt.fired_rows[e];
+      }
     out_xvals = g == T(1) ? empty_output({0}, wt.options()) : at::full({fired}, g, wt.options());
   });
   return {spk, bits, vals, mem_last, out_colptr, out_rows, out_xvals};
