@@ -539,7 +539,7 @@ SNN_CLONE_INLINE void lif_spike_row(T* c, T* state, const T* be, const T* th, T*
 // across the blocks of rows: U of its nb x n neurons (`state`) with their beta and theta;
 // and what it reads: the input by row.
 template <typename T>
-struct LifColumns {
+struct LifTile {
   const int64_t* rowptr;
   const int32_t* cols;
   const T* xv;     // nullptr: binary input
@@ -557,7 +557,7 @@ struct LifColumns {
 // membranes, spikes (into spk) and the band / fire words of the row (`words` apart). Does
 // not throw (SNN_VECTOR_CLONES): all buffers are allocated by the caller.
 template <typename T, int64_t RST>
-SNN_VECTOR_CLONES void lif_block(const LifColumns<T>& p, T* cur, T* spk, int64_t r0, int64_t r1, T g,
+SNN_VECTOR_CLONES void lif_block(const LifTile<T>& p, T* cur, T* spk, int64_t r0, int64_t r1, T g,
                                  T bth, uint32_t* band, uint32_t* fire, int64_t words) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = (r % p.B - p.b0) * p.n, i = r - r0;
@@ -603,27 +603,29 @@ void lif_part(LifPart<T>& part, const int64_t* rowptr, const int32_t* cols, cons
       th[b * n + j] = theta[m];
     }
   part.row_counts.assign(R, 0);
-  const LifColumns<T> p{rowptr, cols, xv, wt + n0, bias ? bias + n0 : nullptr, n_out, n0, n, B, b0,
-                        state.data(), be.data(), th.data()};
+  const LifTile<T> p{rowptr, cols, xv, wt + n0, bias ? bias + n0 : nullptr, n_out, n0, n, B, b0,
+                     state.data(), be.data(), th.data()};
   // The tile's rows: nb consecutive rows per step, or all R when it spans the batch.
   const bool whole = nb == B;
   const int64_t span = whole ? R : nb, spans = whole ? 1 : R / B;
-  for (int64_t r0 = b0, sp = 0; sp < spans; ++sp, r0 = sp * B + b0)
-  for (const int64_t end = r0 + span; r0 < end; r0 += block) {
-    const int64_t r1 = std::min(end, r0 + block);
-    lif_block<T, RST>(p, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
-    for (int64_t r = r0; r < r1; ++r) {  // the lists (which allocate) outside the clones
-      const int64_t i = r - r0;
-      for (int64_t w = 0; w < words; ++w) {
-        for (uint32_t word = band[i * words + w]; word; word &= word - 1) {
-          const int64_t j = w * 32 + __builtin_ctz(word);
-          part.band_vals.push_back(cur[i * n + j]);
-          part.band_cols.push_back(static_cast<int32_t>(n0 + j));
-          ++part.row_counts[r];
-        }
-        for (uint32_t word = fire[i * words + w]; word; word &= word - 1) {
-          part.fired_rows.push_back(static_cast<int32_t>(r));
-          part.fired_cols.push_back(static_cast<int32_t>(n0 + w * 32 + __builtin_ctz(word)));
+  for (int64_t sp = 0; sp < spans; ++sp) {
+    const int64_t first = sp * B + b0, end = first + span;  // whole: b0 = 0, one span
+    for (int64_t r0 = first; r0 < end; r0 += block) {
+      const int64_t r1 = std::min(end, r0 + block);
+      lif_block<T, RST>(p, cur.data(), spk, r0, r1, g, bth, band.data(), fire.data(), words);
+      for (int64_t r = r0; r < r1; ++r) {  // the lists (which allocate) outside the clones
+        const int64_t i = r - r0;
+        for (int64_t w = 0; w < words; ++w) {
+          for (uint32_t word = band[i * words + w]; word; word &= word - 1) {
+            const int64_t j = w * 32 + __builtin_ctz(word);
+            part.band_vals.push_back(cur[i * n + j]);
+            part.band_cols.push_back(static_cast<int32_t>(n0 + j));
+            ++part.row_counts[r];
+          }
+          for (uint32_t word = fire[i * words + w]; word; word &= word - 1) {
+            part.fired_rows.push_back(static_cast<int32_t>(r));
+            part.fired_cols.push_back(static_cast<int32_t>(n0 + w * 32 + __builtin_ctz(word)));
+          }
         }
       }
     }
